@@ -96,8 +96,8 @@ pub struct Membership {
     epoch: u64,
     /// Sorted by shard id, no duplicates, weights non-zero.
     shards: Box<[ShardWeight]>,
-    /// `seeds[i]` is the hash seed of `shards[i]`.
-    seeds: Box<[u64]>,
+    /// `flips[i]` is the precomputed XXH3 state of `shards[i]`'s seed; see [`ShardHash`].
+    flips: Box<[ShardHash]>,
     /// `weights[i]` is `shards[i].weight` as an f64 (exact: u32 fits the mantissa).
     weights: Box<[f64]>,
     weight_total: u64,
@@ -158,7 +158,10 @@ impl Membership {
         if let Some(pair) = list.windows(2).find(|pair| pair[0].shard == pair[1].shard) {
             return Err(MapError::ShardDuplicated(pair[0].shard));
         }
-        let seeds = list.iter().map(|s| shard_seed(s.shard)).collect();
+        let flips = list
+            .iter()
+            .map(|s| ShardHash::new(shard_seed(s.shard)))
+            .collect();
         let weights = list.iter().map(|s| f64::from(s.weight)).collect();
         let weight_total = list.iter().map(|s| u64::from(s.weight)).sum();
         let weights_uniform = list.windows(2).all(|pair| pair[0].weight == pair[1].weight);
@@ -166,7 +169,7 @@ impl Membership {
         Ok(Self {
             epoch,
             shards: list.into_boxed_slice(),
-            seeds,
+            flips,
             weights,
             weight_total,
             weights_uniform,
@@ -262,21 +265,38 @@ impl Membership {
 
     /// Highest hash wins; on equal hashes the earlier (smaller) ShardId stays.
     fn owner_index_uniform(&self, key: ConvId) -> Option<usize> {
-        let mut best: Option<(u64, usize)> = None;
-        for (i, &seed) in self.seeds.iter().enumerate() {
-            let h = score_hash(key, seed);
-            if best.is_none_or(|(best_h, _)| h > best_h) {
-                best = Some((h, i));
+        let key = KeyInput::new(key);
+        let (first, rest) = self.flips.split_first()?;
+        let mut best = (first.hash(key), 0);
+        for (i, flip) in rest.iter().enumerate() {
+            let h = flip.hash(key);
+            if h > best.0 {
+                best = (h, i + 1);
             }
         }
-        best.map(|(_, i)| i)
+        Some(best.1)
     }
 
     /// Highest score wins; ties to the higher hash, then the smaller ShardId.
+    ///
+    /// Skips the logarithm of a shard that cannot win: with `x = 1 - u`,
+    /// `-ln(u) = x + x²/2 + x³/3 + … >= x·(1 + x/2)`, so `weight / (x·(1 + x/2))` bounds the
+    /// score from above. A shard is skipped only when that bound, widened by far more than
+    /// the rounding of either computation, is still below the best score, so the result is the
+    /// same as scoring every shard.
     fn owner_index_weighted(&self, key: ConvId) -> Option<usize> {
+        const ROUNDING_MARGIN: f64 = 1.0 + 1e-9;
+        let key = KeyInput::new(key);
         let mut best: Option<(f64, u64, usize)> = None;
-        for (i, (&seed, &weight)) in self.seeds.iter().zip(self.weights.iter()).enumerate() {
-            let h = score_hash(key, seed);
+        for (i, (flip, &weight)) in self.flips.iter().zip(self.weights.iter()).enumerate() {
+            let h = flip.hash(key);
+            if let Some((best_score, _, _)) = best {
+                let x = 1.0 - unit_of(h);
+                let score_max = weight / (x * (1.0 + 0.5 * x));
+                if score_max * ROUNDING_MARGIN < best_score {
+                    continue;
+                }
+            }
             let score = score_of(h, weight);
             let better = match best {
                 None => true,
@@ -293,8 +313,26 @@ impl Membership {
         best.map(|(_, _, i)| i)
     }
 
+    /// The weighted formula for every shard, without the pruning of
+    /// [`Membership::owner_index_weighted`]: the reference the fast paths are tested against.
+    #[cfg(test)]
+    fn owner_index_by_formula(&self, key: ConvId) -> Option<usize> {
+        (0..self.shards.len())
+            .map(|i| {
+                let hash = score_hash(key, shard_seed(self.shards[i].shard));
+                let score = score_of(hash, self.weights[i]);
+                Rank {
+                    score,
+                    hash,
+                    index: i,
+                }
+            })
+            .max()
+            .map(|rank| rank.index)
+    }
+
     fn rank(&self, key: ConvId, index: usize) -> Rank {
-        let hash = score_hash(key, self.seeds[index]);
+        let hash = self.flips[index].hash(KeyInput::new(key));
         let score = if self.weights_uniform {
             // Monotone in `hash`, so ordering by hash alone gives the same ranking.
             0.0
@@ -356,10 +394,61 @@ pub fn score_hash(key: ConvId, seed: u64) -> u64 {
 /// and `0 < u < 1`, so `-ln(u) > 0` and the score is finite and positive.
 #[inline]
 pub fn score_of(hash: u64, weight: f64) -> f64 {
+    weight / -unit_of(hash).ln()
+}
+
+/// `u = (hash + 0.5) / 2^52`, exact: hash < 2^52, so hash + 0.5 needs 53 bits of mantissa.
+#[inline]
+fn unit_of(hash: u64) -> f64 {
     const SCALE: f64 = 1.0 / (1u64 << SCORE_HASH_BITS) as f64;
-    // Exact: hash < 2^52, so hash + 0.5 needs 53 bits of mantissa.
-    let u = (hash as f64 + 0.5) * SCALE;
-    weight / -u.ln()
+    (hash as f64 + 0.5) * SCALE
+}
+
+/// A key prepared once per lookup for [`ShardHash::hash`]: its 8 little-endian bytes read the
+/// way XXH3 reads an 8-byte input (the two 32-bit halves swapped).
+#[derive(Debug, Clone, Copy)]
+struct KeyInput(u64);
+
+impl KeyInput {
+    #[inline]
+    fn new(key: ConvId) -> Self {
+        Self(key.0.rotate_left(32))
+    }
+}
+
+/// XXH3-64-with-seed of an 8-byte input, specialised for one seed: the seed-dependent part
+/// of XXH3's 4-to-8-byte path is computed once per shard, leaving an xor and XXH3's final
+/// avalanche per lookup. Bit-identical to `xxh3_64_with_seed` (tested).
+#[derive(Debug, Clone, Copy)]
+struct ShardHash {
+    flip: u64,
+}
+
+impl ShardHash {
+    /// Bytes 8..16 and 16..24 of XXH3's default secret, little-endian.
+    const SECRET_8: u64 = 0x1cad_21f7_2c81_017c;
+    const SECRET_16: u64 = 0xdb97_9083_e96d_d4de;
+
+    fn new(seed: u64) -> Self {
+        let seed = seed ^ (u64::from((seed as u32).swap_bytes()) << 32);
+        Self {
+            flip: (Self::SECRET_8 ^ Self::SECRET_16).wrapping_sub(seed),
+        }
+    }
+
+    /// [`score_hash`] of the key under this shard's seed.
+    #[inline]
+    fn hash(self, key: KeyInput) -> u64 {
+        const PRIME: u64 = 0x9fb2_1c65_1e98_df25;
+        const INPUT_LEN: u64 = 8;
+        let mut h = key.0 ^ self.flip;
+        h ^= h.rotate_left(49) ^ h.rotate_left(24);
+        h = h.wrapping_mul(PRIME);
+        h ^= (h >> 35).wrapping_add(INPUT_LEN);
+        h = h.wrapping_mul(PRIME);
+        h ^= h >> 28;
+        h >> (64 - SCORE_HASH_BITS)
+    }
 }
 
 /// XXH3-64 (seed 0) of `tag ‖ count u32 LE ‖ (host u16 LE ‖ core u16 LE ‖ weight u32 LE)*`

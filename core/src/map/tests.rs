@@ -52,10 +52,11 @@ fn max_over_mean(map: &Membership, key_count: usize, seed: u64) -> f64 {
     max / (key_count as f64 / map.shards().len() as f64)
 }
 
-/// The reference formula, evaluated for every shard with no shortcut: what the uniform fast
-/// path must agree with.
+/// The reference formula, evaluated for every shard with no shortcut (no specialised hash,
+/// no skipped logarithm, no uniform fast path): what `owner` must agree with.
 fn owner_by_formula(map: &Membership, key: ConvId) -> Option<ShardId> {
-    map.owner_index_weighted(key).map(|i| map.shards()[i].shard)
+    map.owner_index_by_formula(key)
+        .map(|i| map.shards()[i].shard)
 }
 
 #[test]
@@ -184,6 +185,33 @@ fn uniform_fast_path_equals_the_weighted_formula() {
     ] {
         assert!(map.weights_uniform);
         for key in keys(61, 20_000) {
+            assert_eq!(map.owner(key), owner_by_formula(&map, key), "{key}");
+        }
+    }
+}
+
+#[test]
+fn skipping_hopeless_logarithms_does_not_change_the_owner() {
+    let mut skewed = cluster(16, 8, 100);
+    skewed[3].weight_per_core = 101;
+    skewed[7].weight_per_core = 1;
+    let mut extreme = cluster(4, 4, 1);
+    extreme[0].weight_per_core = u32::MAX;
+    extreme[2].weight_per_core = 1_000_000;
+    for map in [
+        Membership::from_hosts(1, skewed).unwrap(),
+        Membership::from_hosts(1, extreme).unwrap(),
+        Membership::from_shards(
+            1,
+            (0..64u16).map(|i| ShardWeight {
+                shard: ShardId::new(i % 8, i / 8),
+                weight: u32::from(i) * 37 + 1,
+            }),
+        )
+        .unwrap(),
+    ] {
+        assert!(!map.weights_uniform);
+        for key in keys(67, 20_000) {
             assert_eq!(map.owner(key), owner_by_formula(&map, key), "{key}");
         }
     }
@@ -498,6 +526,21 @@ fn membership_strategy() -> impl Strategy<Value = Vec<ShardWeight>> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn specialised_hash_is_xxh3_with_seed(
+        keys in proptest::collection::vec(any::<u64>(), 64),
+        host in any::<u16>(),
+        core in any::<u16>(),
+    ) {
+        let seed = shard_seed(ShardId::new(host, core));
+        let specialised = ShardHash::new(seed);
+        for key in keys.into_iter().map(ConvId) {
+            let reference = xxhash_rust::xxh3::xxh3_64_with_seed(&key.0.to_le_bytes(), seed) >> 12;
+            prop_assert_eq!(specialised.hash(KeyInput::new(key)), reference);
+            prop_assert_eq!(score_hash(key, seed), reference);
+        }
+    }
 
     #[test]
     fn build_order_does_not_matter(
