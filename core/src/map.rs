@@ -91,6 +91,23 @@ pub struct ShardWeight {
 /// Canonical whatever order it was built in (shards sorted by [`ShardId`]), so two hosts
 /// holding the same shards compute the same owners and the same [`Membership::checksum`].
 /// Hosts exchange `(epoch, checksum)` to refuse a forward computed from another membership.
+///
+/// ```
+/// use hark_core::map::{HostSpec, Membership};
+/// use hark_core::{ConvName, HostId};
+///
+/// let hosts = [1, 2].map(|host| HostSpec {
+///     host: HostId(host),
+///     cores: vec![0, 1, 2, 3],
+///     weight_per_core: 100,
+/// });
+/// let map = Membership::from_hosts(1, hosts).unwrap();
+/// let key = ConvName::new("general").unwrap().id();
+/// let owner = map.owner(key).unwrap();
+/// let handoff = map.fallbacks(key, 2);
+/// assert_eq!(handoff[0], owner);
+/// assert_eq!(map.share_of(owner), Some(0.125));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Membership {
     epoch: u64,
@@ -223,7 +240,8 @@ impl Membership {
     }
 
     /// The owner of `key`: the shard with the highest score. `None` only when empty.
-    /// Allocation-free: one hash per shard (and one logarithm when weights differ).
+    /// Allocation-free: one hash per shard, and when weights differ a logarithm for the few
+    /// shards that could still win.
     pub fn owner(&self, key: ConvId) -> Option<ShardId> {
         let best = if self.weights_uniform {
             self.owner_index_uniform(key)

@@ -15,6 +15,27 @@
 //! them verify. `docs/tokens.md` specifies the format byte by byte and the secret file.
 //!
 //! hark-core reads no clock and no randomness: `now_s` and key entropy come from the caller.
+//!
+//! ```
+//! use hark_core::ConvName;
+//! use hark_core::token::{ConvPrefix, Grant, KeyId, Keyring, Right, Rights, Scope, Subject};
+//!
+//! let entropy = [42u8; 32]; // from the OS's random source in real use
+//! let keyring = Keyring::generate(KeyId(1), entropy);
+//! let grant = Grant {
+//!     subject: Subject::new("alice").unwrap(),
+//!     rights: "talk,listen".parse::<Rights>().unwrap(),
+//!     scope: Scope::Prefix(ConvPrefix::new("team/").unwrap()),
+//!     expires_at_s: 1_900_000_000,
+//!     key_id: keyring.minting_key_id(),
+//! };
+//! let token = keyring.mint(&grant).unwrap();
+//!
+//! let verified = keyring.verify(&token, 1_800_000_000).unwrap();
+//! let conv = ConvName::new("team/ops").unwrap();
+//! assert!(verified.authorize(Right::Talk, &conv).is_ok());
+//! assert!(verified.authorize(Right::Admin, &conv).is_err());
+//! ```
 
 mod keyring;
 mod rights;

@@ -116,3 +116,107 @@ impl Default for OwnerCache {
         Self::new(OWNER_CACHE_SLOTS_DEFAULT)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::HostId;
+    use crate::map::HostSpec;
+
+    /// `hosts` hosts of `cores` cores, all of weight `weight`.
+    fn cluster(hosts: u16, cores: u16, weight: u32) -> Membership {
+        Membership::from_hosts(
+            1,
+            (0..hosts).map(|host| HostSpec {
+                host: HostId(host),
+                cores: (0..cores).collect(),
+                weight_per_core: weight,
+            }),
+        )
+        .expect("a valid membership")
+    }
+
+    /// Conversation ids of `count` names starting at `first`.
+    fn keys(first: usize, count: usize) -> impl Iterator<Item = ConvId> {
+        (first..first + count).map(|i| ConvId::of_name(&format!("conversation-{i}")))
+    }
+
+    #[test]
+    fn cache_serves_the_membership_it_was_filled_under() {
+        let before = cluster(4, 4, 100);
+        let mut cache = OwnerCache::new(1024);
+        for key in keys(0, 500) {
+            assert_eq!(cache.owner(&before, key), before.owner(key));
+            assert_eq!(cache.owner(&before, key), before.owner(key));
+        }
+        assert!(!cache.is_empty());
+        // A new epoch with different shards: the cache must not answer from the old map.
+        let lost = ShardId::new(2, 2);
+        let after = Membership::from_shards(
+            2,
+            before.shards().iter().copied().filter(|s| s.shard != lost),
+        )
+        .unwrap();
+        for key in keys(0, 500) {
+            assert_eq!(cache.owner(&after, key), after.owner(key));
+        }
+    }
+
+    #[test]
+    fn cache_rescore_reports_exactly_the_keys_that_moved() {
+        let before = cluster(4, 4, 100);
+        let lost = ShardId::new(1, 1);
+        let after = Membership::from_shards(
+            2,
+            before.shards().iter().copied().filter(|s| s.shard != lost),
+        )
+        .unwrap();
+        // Keys spread over a large cache so none collide and all 300 stay cached.
+        let mut cache = OwnerCache::new(1 << 16);
+        let live: Vec<ConvId> = (0..300u64).map(ConvId).collect();
+        for &key in &live {
+            cache.owner(&before, key);
+        }
+        assert_eq!(cache.len(), live.len());
+        let mut moved = Vec::new();
+        cache.rescore(&after, &mut moved);
+        let expected: Vec<OwnerChange> = live
+            .iter()
+            .filter(|&&key| before.owner(key) == Some(lost))
+            .map(|&key| OwnerChange {
+                key,
+                before: lost,
+                after: after.owner(key),
+            })
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(moved, expected);
+        for &key in &live {
+            assert_eq!(cache.owner(&after, key), after.owner(key));
+        }
+        assert_eq!(
+            cache.len(),
+            live.len(),
+            "rescore kept the cache under the new epoch"
+        );
+    }
+
+    #[test]
+    fn cache_holds_at_most_its_capacity() {
+        let map = cluster(2, 2, 1);
+        let mut cache = OwnerCache::new(100);
+        assert_eq!(cache.capacity(), 128);
+        for key in keys(0, 10_000) {
+            assert_eq!(cache.owner(&map, key), map.owner(key));
+        }
+        assert!(cache.len() <= 128);
+        assert_eq!(OwnerCache::new(0).capacity(), 1);
+        assert_eq!(
+            OwnerCache::new(usize::MAX).capacity(),
+            OWNER_CACHE_SLOTS_MAX
+        );
+        assert_eq!(OwnerCache::default().capacity(), OWNER_CACHE_SLOTS_DEFAULT);
+        cache.clear();
+        assert!(cache.is_empty());
+    }
+}

@@ -222,6 +222,7 @@ impl Keyring {
             return Err(TokenError::Malformed("too short"));
         }
         let (body, mac) = bytes.split_at(bytes.len() - MAC_LEN);
+        // `body` holds at least HEADER_LEN bytes (checked above).
         if body[0] != payload::VERSION {
             return Err(TokenError::VersionUnsupported(body[0]));
         }
