@@ -127,6 +127,38 @@ fn adding_a_host_moves_keys_only_to_it_by_its_weight_share() {
 }
 
 #[test]
+fn changing_one_weight_moves_keys_only_to_or_from_that_shard() {
+    let before = Membership::from_hosts(1, cluster(8, 4, 100)).unwrap();
+    let changed = ShardId::new(3, 2);
+    let with_weight = |weight| {
+        Membership::from_shards(
+            2,
+            before.shards().iter().map(|s| ShardWeight {
+                shard: s.shard,
+                weight: if s.shard == changed { weight } else { s.weight },
+            }),
+        )
+        .unwrap()
+    };
+    let (heavier, lighter) = (with_weight(300), with_weight(30));
+    let (mut gained, mut lost) = (0, 0);
+    for key in keys(35, 50_000) {
+        let owner = before.owner(key).unwrap();
+        let owner_heavier = heavier.owner(key).unwrap();
+        if owner_heavier != owner {
+            assert_eq!(owner_heavier, changed, "{key}");
+            gained += 1;
+        }
+        let owner_lighter = lighter.owner(key).unwrap();
+        if owner_lighter != owner {
+            assert_eq!(owner, changed, "{key}");
+            lost += 1;
+        }
+    }
+    assert!(gained > 0 && lost > 0);
+}
+
+#[test]
 fn doubled_weight_doubles_the_share() {
     let mut hosts = cluster(16, 8, 100);
     hosts[0].weight_per_core = 200;
