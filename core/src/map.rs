@@ -58,6 +58,13 @@ pub enum MapError {
     /// leave the shard out instead.
     #[error("shard {0} has weight zero; leave it out of the membership instead")]
     WeightZero(ShardId),
+    /// More than [`MEMBERSHIP_SHARDS_MAX`] host entries (a host without cores still counts);
+    /// list only the hosts that run shards.
+    #[error("membership lists {count} hosts, the limit is {MEMBERSHIP_SHARDS_MAX}")]
+    HostsTooMany {
+        /// How many host entries were given.
+        count: usize,
+    },
     /// More than [`MEMBERSHIP_SHARDS_MAX`] shards; use fewer cores per host or fewer hosts.
     #[error("membership has {count} shards, the limit is {MEMBERSHIP_SHARDS_MAX}")]
     ShardsTooMany {
@@ -134,6 +141,11 @@ impl Membership {
         let mut host_ids = Vec::new();
         for spec in hosts {
             host_ids.push(spec.host);
+            if host_ids.len() > MEMBERSHIP_SHARDS_MAX {
+                return Err(MapError::HostsTooMany {
+                    count: host_ids.len(),
+                });
+            }
             for core in spec.cores {
                 shards.push(ShardWeight {
                     shard: ShardId {

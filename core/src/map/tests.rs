@@ -321,6 +321,17 @@ fn membership_size_is_bounded() {
             count: MEMBERSHIP_SHARDS_MAX + 1
         }
     );
+    let hosts_without_cores = (0..=MEMBERSHIP_SHARDS_MAX as u16).map(|host| HostSpec {
+        host: HostId(host),
+        cores: Vec::new(),
+        weight_per_core: 1,
+    });
+    assert_eq!(
+        Membership::from_hosts(1, hosts_without_cores).unwrap_err(),
+        MapError::HostsTooMany {
+            count: MEMBERSHIP_SHARDS_MAX + 1
+        }
+    );
     let too_many = (0..=MEMBERSHIP_SHARDS_MAX as u16).map(|i| ShardWeight {
         shard: ShardId::new(i, 0),
         weight: 1,
