@@ -32,7 +32,9 @@ use thiserror::Error;
 
 use crate::ids::{ConvId, HostId, ShardId};
 
-pub use cache::{OWNER_CACHE_SLOTS_DEFAULT, OWNER_CACHE_SLOTS_MAX, OwnerCache, OwnerChange};
+pub use cache::{
+    OWNER_CACHE_SLOTS_DEFAULT, OWNER_CACHE_SLOTS_MAX, OWNER_CACHE_WAYS, OwnerCache, OwnerChange,
+};
 
 /// Most shards one membership may hold. HRW costs one hash per shard per uncached lookup, so
 /// the bound keeps a lookup in the microseconds; 4096 is e.g. 64 hosts of 64 cores.
