@@ -184,7 +184,12 @@ impl Request {
                 request
             }
             type_code::PING | type_code::PONG => {
-                let mut r = BodyReader::new(body, "ping");
+                let name = if type_code == type_code::PING {
+                    "ping"
+                } else {
+                    "pong"
+                };
+                let mut r = BodyReader::new(body, name);
                 let nonce = r.u64("nonce")?;
                 r.finish()?;
                 if type_code == type_code::PING {

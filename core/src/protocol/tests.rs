@@ -672,3 +672,102 @@ fn audio_frames_have_a_13_byte_header_and_share_the_input() {
     );
     assert_eq!(&payload[..], &[0xaa; 100][..]);
 }
+
+#[test]
+fn every_length_prefixed_field_is_bounded_at_its_limit() {
+    let name = ConvName::new("c").unwrap();
+    let text_at = |len: usize| "x".repeat(len);
+    let blob_at = |len: usize| Bytes::from(vec![0u8; len]);
+    type Build = Box<dyn Fn(usize) -> Result<Bytes, EncodeError>>;
+    let request = |build: Box<dyn Fn(usize) -> Request>| -> Build {
+        Box::new(move |len| {
+            let mut buf = BytesMut::new();
+            encode_request(&build(len), &mut buf).map(|()| buf.freeze())
+        })
+    };
+    let event = |build: Box<dyn Fn(usize) -> Event>| -> Build {
+        Box::new(move |len| encode_event(&build(len)))
+    };
+    let cases: Vec<(&str, usize, Build)> = vec![
+        (
+            "token",
+            TOKEN_LEN_MAX,
+            request(Box::new(move |len| Request::Hello {
+                version: 1,
+                token: blob_at(len),
+                client_name: String::new(),
+            })),
+        ),
+        (
+            "client name",
+            CLIENT_NAME_LEN_MAX,
+            request(Box::new(move |len| Request::Hello {
+                version: 1,
+                token: Bytes::new(),
+                client_name: text_at(len),
+            })),
+        ),
+        (
+            "codec",
+            CODEC_LEN_MAX,
+            request({
+                let name = name.clone();
+                Box::new(move |len| Request::TalkStart {
+                    stream: 1,
+                    conversation: name.clone(),
+                    codec: blob_at(len),
+                    resume: None,
+                })
+            }),
+        ),
+        (
+            "sender",
+            SENDER_LEN_MAX,
+            event(Box::new(move |len| Event::MessageStarted {
+                sub: 1,
+                stream: 1,
+                msg_id: MsgId(1),
+                conversation: name.clone(),
+                sender: text_at(len),
+                codec: Bytes::new(),
+            })),
+        ),
+        (
+            "reconnect address",
+            ADDRESS_LEN_MAX,
+            event(Box::new(move |len| Event::GoAway {
+                reason: GoAwayReason::DRAINING,
+                reconnect_to: text_at(len),
+            })),
+        ),
+        (
+            "error text",
+            ERROR_TEXT_LEN_MAX,
+            event(Box::new(move |len| Event::Error {
+                code: ErrorCode::INTERNAL,
+                about: ErrorSubject::Connection,
+                text: text_at(len),
+            })),
+        ),
+    ];
+    for (field, max, build) in cases {
+        let wire = build(max).unwrap_or_else(|e| panic!("{field} at its limit: {e}"));
+        // At the limit it also decodes.
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut decoder = Decoder::new();
+        let decoded = if wire[4] < 0x40 {
+            decoder.decode_request(&mut buf).map(|m| m.is_some())
+        } else {
+            decoder.decode_event(&mut buf).map(|m| m.is_some())
+        };
+        assert_eq!(decoded, Ok(true), "{field}");
+        assert_eq!(
+            build(max + 1),
+            Err(EncodeError::FieldTooLong {
+                field,
+                len: max + 1,
+                max
+            })
+        );
+    }
+}
