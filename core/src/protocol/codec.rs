@@ -1,6 +1,6 @@
 //! Framing: the incremental [`Decoder`] and the encoders, with fast paths for audio frames.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::{DecodeError, EncodeError};
 use super::event::{Event, FrameKind, frame_type_code};
@@ -204,9 +204,12 @@ pub fn encode_frame_event(
     kind: FrameKind,
     payload: &[u8],
 ) -> Result<Bytes, EncodeError> {
-    let mut buf = BytesMut::with_capacity(AUDIO_FRAME_HEADER_LEN + payload.len());
-    write_frame_event(&mut buf, stream, seq, kind, payload)?;
-    Ok(buf.freeze())
+    let header = audio_header(frame_type_code(kind), stream, seq, payload.len())?;
+    // An exactly sized Vec turns into Bytes without reallocating or copying.
+    let mut frame = Vec::with_capacity(AUDIO_FRAME_HEADER_LEN + payload.len());
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(payload);
+    Ok(Bytes::from(frame))
 }
 
 /// Appends a frame event to `buf` (for a reused buffer: `buf.split().freeze()` afterwards).
@@ -237,21 +240,32 @@ fn write_audio(
     seq: u32,
     payload: &[u8],
 ) -> Result<(), EncodeError> {
-    if payload.len() > AUDIO_PAYLOAD_LEN_MAX {
+    let header = audio_header(type_code, stream, seq, payload.len())?;
+    buf.reserve(AUDIO_FRAME_HEADER_LEN + payload.len());
+    buf.extend_from_slice(&header);
+    buf.extend_from_slice(payload);
+    Ok(())
+}
+
+/// The 13 bytes in front of an audio payload of `payload_len` bytes.
+fn audio_header(
+    type_code: u8,
+    stream: u32,
+    seq: u32,
+    payload_len: usize,
+) -> Result<[u8; AUDIO_FRAME_HEADER_LEN], EncodeError> {
+    if payload_len > AUDIO_PAYLOAD_LEN_MAX {
         return Err(EncodeError::FrameTooLong {
-            len: 1 + AUDIO_BODY_HEADER_LEN + payload.len(),
+            len: 1 + AUDIO_BODY_HEADER_LEN + payload_len,
             max: FRAME_LEN_MAX,
         });
     }
     // Bounded by AUDIO_PAYLOAD_LEN_MAX above, so the length fits a u32.
-    let len = (1 + AUDIO_BODY_HEADER_LEN + payload.len()) as u32;
-    buf.reserve(AUDIO_FRAME_HEADER_LEN + payload.len());
+    let len = (1 + AUDIO_BODY_HEADER_LEN + payload_len) as u32;
     let mut header = [0u8; AUDIO_FRAME_HEADER_LEN];
     header[0..4].copy_from_slice(&len.to_le_bytes());
     header[4] = type_code;
     header[5..9].copy_from_slice(&stream.to_le_bytes());
     header[9..13].copy_from_slice(&seq.to_le_bytes());
-    buf.put_slice(&header);
-    buf.put_slice(payload);
-    Ok(())
+    Ok(header)
 }
