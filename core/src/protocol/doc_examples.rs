@@ -127,3 +127,38 @@ fn doc_hex_examples_decode_back() {
         assert!(buf.is_empty(), "{title}");
     }
 }
+
+#[test]
+fn doc_error_table_matches_the_code_table() {
+    for code in ErrorCode::KNOWN {
+        let name = code.name().expect("known codes have names");
+        let closes = if code.closes_connection() {
+            "yes"
+        } else {
+            "no"
+        };
+        let row_start = format!("| {} | `{name}` |", code.0);
+        let row = PROTOCOL_DOC
+            .lines()
+            .find(|line| line.starts_with(&row_start))
+            .unwrap_or_else(|| panic!("docs/protocol.md has no error table row {row_start}"));
+        assert!(
+            row.ends_with(&format!("| {closes} |")),
+            "docs/protocol.md row for {name} must say the relay closes: {closes}"
+        );
+    }
+    let documented_rows = PROTOCOL_DOC
+        .lines()
+        .filter(|line| {
+            line.starts_with("| ") && line.contains(" | `") && {
+                let number = line[2..].split(' ').next().unwrap_or("");
+                number.parse::<u16>().is_ok()
+            }
+        })
+        .count();
+    assert_eq!(
+        documented_rows,
+        ErrorCode::KNOWN.len(),
+        "no undocumented or extra codes"
+    );
+}

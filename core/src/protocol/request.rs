@@ -106,49 +106,31 @@ const LISTEN_FROM_SINCE: u8 = 2;
 impl Request {
     /// Decodes the body of a non-audio request whose type byte is `type_code`.
     pub(super) fn decode_body(type_code: u8, body: Bytes) -> Result<Request, DecodeError> {
+        let mut r = BodyReader::new(body, request_name(type_code));
         let request = match type_code {
-            type_code::HELLO => {
-                let mut r = BodyReader::new(body, "hello");
-                let request = Request::Hello {
-                    version: r.u16("version")?,
-                    token: r.blob("token", TOKEN_LEN_MAX)?,
-                    client_name: r.text("client name", CLIENT_NAME_LEN_MAX)?,
-                };
-                r.finish()?;
-                request
-            }
-            type_code::TALK_START => {
-                let mut r = BodyReader::new(body, "talk start");
-                let stream = r.u32("stream")?;
-                let conversation = r.conv_name()?;
-                let codec = r.blob("codec", CODEC_LEN_MAX)?;
-                let resume = if r.flag("resume flag")? {
+            type_code::HELLO => Request::Hello {
+                version: r.u16("version")?,
+                token: r.blob("token", TOKEN_LEN_MAX)?,
+                client_name: r.text("client name", CLIENT_NAME_LEN_MAX)?,
+            },
+            type_code::TALK_START => Request::TalkStart {
+                stream: r.u32("stream")?,
+                conversation: r.conv_name()?,
+                codec: r.blob("codec", CODEC_LEN_MAX)?,
+                resume: if r.flag("resume flag")? {
                     Some(r.msg_id("resume")?)
                 } else {
                     None
-                };
-                r.finish()?;
-                Request::TalkStart {
-                    stream,
-                    conversation,
-                    codec,
-                    resume,
-                }
-            }
-            type_code::TALK_END => {
-                let mut r = BodyReader::new(body, "talk end");
-                let request = Request::TalkEnd {
-                    stream: r.u32("stream")?,
-                    frame_count: r.u32("frame count")?,
-                };
-                r.finish()?;
-                request
-            }
-            type_code::LISTEN => {
-                let mut r = BodyReader::new(body, "listen");
-                let sub = r.u32("sub")?;
-                let conversation = r.conv_name()?;
-                let from = match r.u8("from")? {
+                },
+            },
+            type_code::TALK_END => Request::TalkEnd {
+                stream: r.u32("stream")?,
+                frame_count: r.u32("frame count")?,
+            },
+            type_code::LISTEN => Request::Listen {
+                sub: r.u32("sub")?,
+                conversation: r.conv_name()?,
+                from: match r.u8("from")? {
                     LISTEN_FROM_LIVE => ListenFrom::Live,
                     LISTEN_FROM_MESSAGE => ListenFrom::Message(r.msg_id("from message")?),
                     LISTEN_FROM_SINCE => ListenFrom::Since(r.u64("from time")?),
@@ -158,48 +140,25 @@ impl Request {
                             value,
                         });
                     }
-                };
-                r.finish()?;
-                Request::Listen {
-                    sub,
-                    conversation,
-                    from,
-                }
-            }
-            type_code::UNLISTEN => {
-                let mut r = BodyReader::new(body, "unlisten");
-                let request = Request::Unlisten { sub: r.u32("sub")? };
-                r.finish()?;
-                request
-            }
-            type_code::HISTORY => {
-                let mut r = BodyReader::new(body, "history");
-                let request = Request::History {
-                    request: r.u32("request")?,
-                    conversation: r.conv_name()?,
-                    since_us: r.u64("since")?,
-                    limit: r.u16("limit")?,
-                };
-                r.finish()?;
-                request
-            }
-            type_code::PING | type_code::PONG => {
-                let name = if type_code == type_code::PING {
-                    "ping"
-                } else {
-                    "pong"
-                };
-                let mut r = BodyReader::new(body, name);
-                let nonce = r.u64("nonce")?;
-                r.finish()?;
-                if type_code == type_code::PING {
-                    Request::Ping { nonce }
-                } else {
-                    Request::Pong { nonce }
-                }
-            }
+                },
+            },
+            type_code::UNLISTEN => Request::Unlisten { sub: r.u32("sub")? },
+            type_code::HISTORY => Request::History {
+                request: r.u32("request")?,
+                conversation: r.conv_name()?,
+                since_us: r.u64("since")?,
+                limit: r.u16("limit")?,
+            },
+            type_code::PING => Request::Ping {
+                nonce: r.u64("nonce")?,
+            },
+            type_code::PONG => Request::Pong {
+                nonce: r.u64("nonce")?,
+            },
+            // Talk frames take the decoder's fast path and never come here.
             type_code => return Err(DecodeError::UnknownType { type_code }),
         };
+        r.finish()?;
         Ok(request)
     }
 
@@ -302,5 +261,20 @@ impl Request {
             Request::Ping { nonce } | Request::Pong { nonce } => buf.put_u64_le(*nonce),
         }
         Ok(())
+    }
+}
+
+/// A name for error messages.
+fn request_name(type_code: u8) -> &'static str {
+    match type_code {
+        type_code::HELLO => "hello",
+        type_code::TALK_START => "talk start",
+        type_code::TALK_END => "talk end",
+        type_code::LISTEN => "listen",
+        type_code::UNLISTEN => "unlisten",
+        type_code::HISTORY => "history",
+        type_code::PING => "ping",
+        type_code::PONG => "pong",
+        _ => "unknown",
     }
 }
