@@ -23,6 +23,27 @@
 //! (length, type, stream handle, sequence number). Decoding one splits its payload off the input
 //! buffer without copying; [`encode_frame_event`] writes one straight into a single buffer whose
 //! [`Bytes`](bytes::Bytes) every listener's send queue can share.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use hark_core::protocol::{Decoder, FrameKind, Request, encode_frame_event, write_talk_frame};
+//!
+//! // A client writes a talk frame; the relay's socket delivers it in two reads.
+//! let mut wire = BytesMut::new();
+//! write_talk_frame(&mut wire, 1, 0, &[0xfc, 0xff, 0xfe])?;
+//! let mut decoder = Decoder::new();
+//! let mut input = BytesMut::from(&wire[..5]);
+//! assert_eq!(decoder.decode_request(&mut input)?, None);
+//! input.extend_from_slice(&wire[5..]);
+//! let Some(Request::TalkFrame { stream, seq, payload }) = decoder.decode_request(&mut input)?
+//! else {
+//!     panic!("a talk frame was sent");
+//! };
+//! // The relay encodes the listeners' frame event once and clones it per send queue.
+//! let event = encode_frame_event(9, seq, FrameKind::Live, &payload)?;
+//! assert_eq!((stream, event.len()), (1, 13 + 3));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod codec;
 mod error;
