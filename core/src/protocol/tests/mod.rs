@@ -1,0 +1,6 @@
+//! Tests of the protocol codec, by concern.
+
+mod limits;
+mod robustness;
+mod round_trip;
+mod strategies;
