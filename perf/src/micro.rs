@@ -9,10 +9,20 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use hark_core::ids::{ConvId, HostId, ShardId};
 use hark_core::map::{HostSpec, Membership, OwnerCache};
+use hark_core::protocol::{
+    Decoder, FrameKind, Request, encode_frame_event, write_frame_event, write_talk_frame,
+};
 
+/// Audio payload of the codec benchmarks: a typical voice frame.
+const FRAME_PAYLOAD_BYTES: usize = 100;
+/// Talk frames per refill of the decode benchmark's input (about one large socket read).
+const DECODE_CHUNK_FRAMES: usize = 512;
+/// Bytes the encode benchmark's shared buffer grows by when it runs low.
+const ENCODE_BUFFER_BYTES: usize = 64 * 1024;
 /// Keys cycled through by the map benchmarks; a power of two.
 const KEYS: usize = 4096;
 /// Live conversations in the cached-lookup benchmark: a quarter of the default cache.
@@ -41,6 +51,13 @@ pub struct MicroArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Bench {
+    /// Decode one 100-byte talk frame from a connection's input buffer (zero-copy payload),
+    /// including copying its bytes into the buffer as a socket read would.
+    FrameDecode,
+    /// Encode one 100-byte frame event into a shard's reused buffer and freeze it to `Bytes`.
+    FrameEncode,
+    /// Encode one 100-byte frame event into its own exactly sized allocation.
+    FrameEncodeAlloc,
     /// Owner of a key over 128 equal shards, no cache.
     MapUncached128,
     /// Owner of a key over 128 shards of three different weights, no cache.
@@ -50,7 +67,10 @@ enum Bench {
 }
 
 impl Bench {
-    const ALL: [Bench; 3] = [
+    const ALL: [Bench; 6] = [
+        Bench::FrameDecode,
+        Bench::FrameEncode,
+        Bench::FrameEncodeAlloc,
         Bench::MapUncached128,
         Bench::MapUncachedWeighted128,
         Bench::MapCached,
@@ -58,6 +78,9 @@ impl Bench {
 
     fn name(self) -> &'static str {
         match self {
+            Bench::FrameDecode => "frame-decode-100B",
+            Bench::FrameEncode => "frame-encode-100B",
+            Bench::FrameEncodeAlloc => "frame-encode-alloc-100B",
             Bench::MapUncached128 => "map-uncached-128",
             Bench::MapUncachedWeighted128 => "map-uncached-weighted-128",
             Bench::MapCached => "map-cached",
@@ -164,7 +187,66 @@ fn membership_128(weights: &[u32]) -> Result<Membership, MicroError> {
 
 fn setup(bench: Bench) -> Result<Body<'static>, MicroError> {
     let keys = keys();
+    let payload = [0x5au8; FRAME_PAYLOAD_BYTES];
     Ok(match bench {
+        Bench::FrameDecode => {
+            // A socket read's worth of back-to-back talk frames, refilled when consumed.
+            let mut chunk = BytesMut::new();
+            for seq in 0..DECODE_CHUNK_FRAMES {
+                write_talk_frame(&mut chunk, 1, seq as u32, &payload).map_err(setup_error)?;
+            }
+            let mut input = BytesMut::with_capacity(chunk.len());
+            let mut decoder = Decoder::new();
+            Box::new(move |n| {
+                let mut acc = 0u64;
+                for _ in 0..n {
+                    if input.is_empty() {
+                        input.extend_from_slice(&chunk);
+                    }
+                    if let Ok(Some(Request::TalkFrame { seq, payload, .. })) =
+                        decoder.decode_request(&mut input)
+                    {
+                        acc = acc.wrapping_add(u64::from(seq) + payload.len() as u64);
+                    }
+                }
+                acc
+            })
+        }
+        Bench::FrameEncode => {
+            let mut out = BytesMut::with_capacity(ENCODE_BUFFER_BYTES);
+            Box::new(move |n| {
+                let mut acc = 0u64;
+                for seq in 0..n {
+                    if out.capacity() < FRAME_PAYLOAD_BYTES + 13 {
+                        out.reserve(ENCODE_BUFFER_BYTES);
+                    }
+                    if write_frame_event(
+                        &mut out,
+                        9,
+                        seq as u32,
+                        FrameKind::Live,
+                        black_box(&payload),
+                    )
+                    .is_ok()
+                    {
+                        let frame: Bytes = out.split().freeze();
+                        acc = acc.wrapping_add(frame.len() as u64);
+                    }
+                }
+                acc
+            })
+        }
+        Bench::FrameEncodeAlloc => Box::new(move |n| {
+            let mut acc = 0u64;
+            for seq in 0..n {
+                if let Ok(frame) =
+                    encode_frame_event(9, seq as u32, FrameKind::Live, black_box(&payload))
+                {
+                    acc = acc.wrapping_add(frame.len() as u64);
+                }
+            }
+            acc
+        }),
         Bench::MapUncached128 | Bench::MapUncachedWeighted128 => {
             let weights: &[u32] = if bench == Bench::MapUncached128 {
                 &[100]
@@ -199,6 +281,10 @@ fn setup(bench: Bench) -> Result<Body<'static>, MicroError> {
             })
         }
     })
+}
+
+fn setup_error(e: impl std::fmt::Display) -> MicroError {
+    MicroError::Setup(e.to_string())
 }
 
 fn owner_bits(owner: Option<ShardId>) -> u64 {
