@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::mem;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hark_core::{ConvId, MsgId};
 
@@ -28,6 +29,9 @@ use crate::hint::SegmentHint;
 use crate::index::{ChunkLoc, IdMap, MessageEntry, MessageState};
 use crate::segment::{RecordSummary, hint_file_name, segment_path};
 use crate::store::{SegmentFile, Store};
+
+/// Counts Writer instances, to make batch ids unique per process.
+static STORE_INSTANCES: AtomicU64 = AtomicU64::new(1);
 
 /// Recycled batch buffers kept for reuse.
 const BUFFER_POOL_MAX: usize = 4;
@@ -128,7 +132,9 @@ impl Writer {
             buffers: Vec::new(),
             records_spare: Vec::new(),
             chunk_pool: Vec::new(),
-            batches: 0,
+            // Batch ids are unique across the stores of a process, so a batch handed to the
+            // wrong store is refused.
+            batches: STORE_INSTANCES.fetch_add(1, Ordering::Relaxed) << 32,
         }
     }
 
@@ -584,7 +590,10 @@ impl Store {
             .inflight
             .as_ref()
             .is_some_and(|i| i.id == done.batch.id);
-        let Some(inflight) = self.writer.inflight.take().filter(|_| matches) else {
+        if !matches {
+            return Err(StoreError::BatchUnknown);
+        }
+        let Some(inflight) = self.writer.inflight.take() else {
             return Err(StoreError::BatchUnknown);
         };
         let CommitDone {
