@@ -21,6 +21,7 @@ pub struct CommitBatch {
     pub(crate) id: u64,
     pub(crate) segment: u32,
     pub(crate) file: Arc<File>,
+    pub(crate) path: PathBuf,
     pub(crate) offset: u64,
     pub(crate) buf: Vec<u8>,
     pub(crate) sync_dir: Option<PathBuf>,
@@ -80,6 +81,21 @@ impl CommitBatch {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+
+    /// The segment file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Fault injection for tests: the batch with a read-only handle on its file, so the
+    /// write fails inside the I/O layer. Not for production use.
+    #[doc(hidden)]
+    pub fn with_read_only_file_for_test(mut self) -> Self {
+        if let Ok(file) = File::open(&self.path) {
+            self.file = Arc::new(file);
+        }
+        self
     }
 
     /// The batch as failed with `error`, without touching the disk (what an I/O layer reports

@@ -521,6 +521,7 @@ impl Store {
             id,
             segment,
             file,
+            path: segment_path(&self.dir, segment),
             offset,
             buf,
             sync_dir: header_block.then(|| self.dir.clone()),
