@@ -144,11 +144,12 @@ impl Store {
             let mut last = first;
             let mut frames_planned = entry.chunk_frames(first) as usize;
             while let Some(next) = entry.chunks.get(last + 1) {
-                let span = (next.offset + next.len - base.offset) as usize;
-                if next.segment != base.segment
-                    || span > READ_SPAN_BYTES_MAX
-                    || frames_planned >= frames_max - out.len()
-                {
+                // Chunks of one segment are in file order; a later segment starts over.
+                let span = (next.segment == base.segment)
+                    .then(|| (next.offset + next.len).checked_sub(base.offset))
+                    .flatten()
+                    .map_or(usize::MAX, |s| s as usize);
+                if span > READ_SPAN_BYTES_MAX || frames_planned >= frames_max - out.len() {
                     break;
                 }
                 last += 1;
