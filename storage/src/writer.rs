@@ -110,6 +110,8 @@ pub(crate) struct Writer {
     /// Whether the active segment's header block is durable.
     pub header_durable: bool,
     last_commit_us: u64,
+    /// Roll the active segment at the next commit (operator request).
+    seal_requested: bool,
     buffers: Vec<Vec<u8>>,
     records_spare: Vec<PendingRecord>,
     chunk_pool: Vec<Vec<u8>>,
@@ -129,6 +131,7 @@ impl Writer {
             commit_seq,
             header_durable,
             last_commit_us: 0,
+            seal_requested: false,
             buffers: Vec::new(),
             records_spare: Vec::new(),
             chunk_pool: Vec::new(),
@@ -412,6 +415,13 @@ impl Store {
         }
     }
 
+    /// Seals the active segment at the next commit, so everything committed so far becomes
+    /// an immutable file with a hint (e.g. before archiving it). No effect on a segment that
+    /// has no commit yet.
+    pub fn seal_on_next_commit(&mut self) {
+        self.writer.seal_requested = true;
+    }
+
     /// Record bytes waiting for a commit.
     pub fn pending_bytes(&self) -> usize {
         self.writer.pending_bytes()
@@ -546,7 +556,7 @@ impl Store {
         let age_us = now_us.saturating_sub(seg.created_us);
         let too_big = w.next_offset + commit_len > self.config.segment_bytes_max;
         let too_old = age_us >= self.config.segment_age_ms_max.saturating_mul(1000);
-        if !too_big && !too_old {
+        if !too_big && !too_old && !w.seal_requested {
             return Ok(None);
         }
         let next = w.active + 1;
@@ -572,6 +582,7 @@ impl Store {
             .insert(next, SegmentFile::new(file, now_us, 0, false));
         let w = &mut self.writer;
         w.active = next;
+        w.seal_requested = false;
         w.next_offset = 0;
         w.commit_seq = 0;
         w.header_durable = false;
