@@ -121,22 +121,27 @@ impl Committer {
                 if let Err(mpsc::SendError(batch)) = sender.send(batch) {
                     return batch.fail(io::Error::other("commit sync thread is gone"));
                 }
-                // Each finished job is followed by one wake byte; a bounded number of reads.
+                // Each finished job is followed by exactly one wake byte, so this loop runs at
+                // most twice per commit unless the socket itself fails.
                 loop {
                     match done.try_recv() {
                         Ok(result) => return result,
-                        Err(TryRecvError::Disconnected) => {
-                            // The thread owns the batch; only a panic there gets us here.
-                            panic_free_abort();
-                        }
+                        Err(TryRecvError::Disconnected) => abort_on_lost_batch(),
                         Err(TryRecvError::Empty) => {}
                     }
                     let buf = wake_buf.take().unwrap_or_default();
                     let (result, mut buf) = wake.read(buf).await;
                     buf.clear();
                     *wake_buf = Some(buf);
-                    if let Ok(0) = result {
-                        panic_free_abort();
+                    match result {
+                        Ok(0) => abort_on_lost_batch(),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            // The wake socket failed: wait for the result the slow way (blocks
+                            // this thread for at most one write and sync). Correct, not fast.
+                            return done.recv().unwrap_or_else(|_| abort_on_lost_batch());
+                        }
                     }
                 }
             }
@@ -144,10 +149,11 @@ impl Committer {
     }
 }
 
-/// The sync thread died while holding a batch: the store can no longer learn that batch's
-/// outcome, and acknowledging or retrying it blindly could break the durability promise.
-/// Stop the process; recovery on restart is exactly what the store is built for.
-fn panic_free_abort() -> ! {
+/// The sync thread died while holding a batch (only a panic in std's file I/O could do that):
+/// the store can no longer learn that batch's outcome, and acknowledging or retrying it blindly
+/// could break the durability promise. Stop the process; recovery on restart is exactly what
+/// the store is built for.
+fn abort_on_lost_batch() -> ! {
     std::process::abort()
 }
 

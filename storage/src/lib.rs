@@ -46,6 +46,7 @@ pub mod config;
 pub mod dir;
 pub mod error;
 pub mod format;
+mod group_commit;
 pub mod hint;
 mod index;
 pub mod io;
