@@ -71,7 +71,8 @@ pub(crate) struct MessageEntry {
     pub chunks: Vec<ChunkLoc>,
     /// Frames durable: sequence numbers 0..frames_durable can be replayed.
     pub frames_durable: u32,
-    /// Frames accepted by `append` (>= frames_durable).
+    /// Frames accepted by `append` once the message is no longer open (>= frames_durable);
+    /// while it is open the writer's count is the truth (kept there to spare a lookup per frame).
     pub frames_appended: u32,
     pub state: MessageState,
     /// Duration once ended.

@@ -471,7 +471,11 @@ impl Store {
             sender: entry.sender.to_vec(),
             codec: entry.codec.to_vec(),
             start_us: msg.start_us(),
-            frame_count: entry.frames_appended,
+            frame_count: self
+                .writer
+                .open
+                .get(&msg)
+                .map_or(entry.frames_appended, |open| open.next_seq),
             frames_durable: entry.frames_durable,
             duration_us: entry.duration_us,
             state: entry.state,

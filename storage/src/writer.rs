@@ -326,9 +326,6 @@ impl Store {
         open.chunk.extend_from_slice(frame);
         open.chunk_frames += 1;
         open.next_seq += 1;
-        if let Some(entry) = self.index.messages.get_mut(&msg) {
-            entry.frames_appended = open.next_seq;
-        }
         Ok(Appended::Stored)
     }
 
@@ -368,6 +365,7 @@ impl Store {
         format::encode_end(&mut w.pending, msg, open.next_seq, duration_us, state);
         w.push_record(start, msg, kind);
         if let Some(entry) = self.index.messages.get_mut(&msg) {
+            entry.frames_appended = open.next_seq;
             entry.state = MessageState::Ended(state);
             entry.duration_us = Some(duration_us);
         }
