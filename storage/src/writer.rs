@@ -27,6 +27,10 @@ use crate::store::Store;
 /// Counts Writer instances, to make batch ids unique per process.
 static STORE_INSTANCES: AtomicU64 = AtomicU64::new(1);
 
+/// The flush queue holds at most this many deadlines per `open_messages_max` (one live entry
+/// per open message, plus stale entries of chunks already flushed by size or end).
+pub const FLUSH_QUEUE_PER_OPEN_MESSAGE: usize = 2;
+
 /// Recycled batch buffers kept for reuse.
 const BUFFER_POOL_MAX: usize = 4;
 /// Recycled chunk buffers kept for reuse (one per recently ended message).
@@ -174,6 +178,25 @@ impl Writer {
         }
     }
 
+    /// Frees one slot of the flush queue by flushing its oldest entry early (a smaller
+    /// record, nothing lost). Fails only when the backlog is full.
+    pub(crate) fn make_flush_room(&mut self, pending_max: usize) -> Result<(), StoreError> {
+        let Some(due) = self.flush_queue.pop_front() else {
+            return Ok(());
+        };
+        let current = self
+            .open
+            .get(&due.msg)
+            .is_some_and(|o| o.generation == due.generation && o.chunk_frames > 0);
+        if current {
+            if let Err(e) = self.flush_chunk(due.msg, pending_max) {
+                self.flush_queue.push_front(due);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Moves a message's chunk into pending as a finished record.
     pub(crate) fn flush_chunk(&mut self, msg: MsgId, pending_max: usize) -> Result<(), StoreError> {
         let Some(open) = self.open.get(&msg) else {
@@ -285,6 +308,10 @@ impl Store {
         }
         let record_max = self.config.record_bytes_max;
         let pending_max = self.config.pending_bytes_max;
+        let flush_queue_max = self
+            .config
+            .open_messages_max
+            .saturating_mul(FLUSH_QUEUE_PER_OPEN_MESSAGE);
         let due_us = self
             .now_us
             .saturating_add(self.config.record_flush_ms.saturating_mul(1000));
@@ -305,6 +332,10 @@ impl Store {
                 || open.chunk_frames >= u32::from(u16::MAX));
         if full {
             w.flush_chunk(msg, pending_max)?;
+        }
+        let starts_chunk = w.open.get(&msg).is_some_and(|o| o.chunk_frames == 0);
+        if starts_chunk && w.flush_queue.len() >= flush_queue_max {
+            w.make_flush_room(pending_max)?;
         }
         // The message was found open above and flush_chunk does not remove it.
         let Some(open) = w.open.get_mut(&msg) else {
@@ -394,5 +425,42 @@ impl Store {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hark_core::{ConvId, MsgId, ShardId};
+
+    use super::FLUSH_QUEUE_PER_OPEN_MESSAGE;
+    use crate::{EndState, Store, StoreConfig};
+
+    #[test]
+    fn the_flush_queue_stays_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            open_messages_max: 4,
+            frame_bytes_max: 100,
+            record_bytes_max: 200,
+            ..StoreConfig::default()
+        };
+        let shard = ShardId::new(1, 0);
+        let (mut store, _) = Store::open(dir.path(), shard, config, 0).unwrap();
+        let bound = 4 * FLUSH_QUEUE_PER_OPEN_MESSAGE;
+        let mut longest = 0;
+        // Short messages with size-flushed records leave stale deadlines behind.
+        for n in 0..50u32 {
+            let msg = MsgId::from_parts(1_000 + u64::from(n), shard, n);
+            store.start_message(msg, ConvId(1), b"", b"").unwrap();
+            for seq in 0..7 {
+                store.append(msg, seq, &[seq as u8; 90]).unwrap();
+                longest = longest.max(store.writer.flush_queue.len());
+            }
+            store.end_message(msg, 2_000, EndState::Complete).unwrap();
+        }
+        assert_eq!(
+            longest, bound,
+            "the queue filled up to its bound and no further"
+        );
     }
 }
