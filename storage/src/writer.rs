@@ -188,13 +188,15 @@ impl Writer {
             .open
             .get(&due.msg)
             .is_some_and(|o| o.generation == due.generation && o.chunk_frames > 0);
-        if current {
-            if let Err(e) = self.flush_chunk(due.msg, pending_max) {
-                self.flush_queue.push_front(due);
-                return Err(e);
-            }
+        let flushed = if current {
+            self.flush_chunk(due.msg, pending_max)
+        } else {
+            Ok(())
+        };
+        if flushed.is_err() {
+            self.flush_queue.push_front(due);
         }
-        Ok(())
+        flushed
     }
 
     /// Moves a message's chunk into pending as a finished record.
