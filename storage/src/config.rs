@@ -8,7 +8,8 @@ use crate::format::{
 /// Largest segment the format can address (record offsets are u32), minus room for the
 /// commit that crosses `segment_bytes_max`.
 pub const SEGMENT_BYTES_LIMIT: u64 = 1 << 30;
-/// Hard cap on `pending_bytes_max` (keeps every offset within a u32).
+/// Hard cap on `pending_bytes_max` (one commit stays within the format's commit limit and
+/// every record offset within a u32).
 pub const PENDING_BYTES_LIMIT: usize = 1 << 30;
 /// Longest sender identity a Start record holds.
 pub const SENDER_BYTES_LIMIT: usize = u16::MAX as usize;

@@ -28,6 +28,10 @@ pub const SEGMENT_HEADER_BYTES: usize = 32;
 pub const COMMIT_MAGIC: u32 = u32::from_le_bytes(*b"HKCB");
 /// Size of a commit header.
 pub const COMMIT_HEADER_BYTES: usize = 40;
+/// Longest commit the format allows, in blocks (1 GiB of records plus the header): a header
+/// claiming more is not a commit header, so a corrupt length cannot push the log's end
+/// (and the file's size on recovery) beyond reason.
+pub const COMMIT_BLOCKS_LIMIT: u32 = ((1usize << 30) / BLOCK_BYTES + 1) as u32;
 
 /// Size of a record header.
 pub const RECORD_HEADER_BYTES: usize = 28;
@@ -204,7 +208,9 @@ impl CommitHeader {
         };
         // The records must fit in the blocks the header claims.
         let capacity = (header.blocks as u64) * BLOCK_BYTES as u64;
-        if header.blocks == 0 || COMMIT_HEADER_BYTES as u64 + header.records_bytes as u64 > capacity
+        if header.blocks == 0
+            || header.blocks > COMMIT_BLOCKS_LIMIT
+            || COMMIT_HEADER_BYTES as u64 + header.records_bytes as u64 > capacity
         {
             return None;
         }
@@ -486,6 +492,13 @@ mod tests {
         lying.blocks = 1;
         lying.encode_into(&mut b);
         assert_eq!(CommitHeader::decode(&b), None);
+        lying.blocks = COMMIT_BLOCKS_LIMIT + 1;
+        lying.encode_into(&mut b);
+        assert_eq!(
+            CommitHeader::decode(&b),
+            None,
+            "a huge claimed length is refused"
+        );
         assert_eq!(commit_blocks(5000), 2);
         assert_eq!(commit_blocks(BLOCK_BYTES - COMMIT_HEADER_BYTES), 1);
     }

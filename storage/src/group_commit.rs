@@ -25,6 +25,8 @@ impl Store {
         let flush = w.flush_queue.front().map(|f| f.due_us);
         let commit = if w.pending_records.is_empty() || w.inflight.is_some() {
             None
+        } else if w.pending_bytes() >= self.config.commit_bytes {
+            Some(self.now_us)
         } else {
             Some(w.last_commit_us + self.config.commit_interval_ms * 1000)
         };

@@ -589,3 +589,24 @@ fn retention_by_age_and_index_size() {
     assert!(plan.messages_dropped > 0);
     assert!(store.message_count() <= 10 || store.segment_ids().len() == 1);
 }
+
+#[test]
+fn next_wakeup_names_the_next_record_flush_or_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreConfig::default());
+    assert_eq!(store.next_wakeup_us(), None, "nothing to do");
+    let m = msg(1);
+    store.start_message(m, ConvId(1), b"", b"").unwrap();
+    // The Start record pends and no commit ever ran: due at once.
+    assert_eq!(store.next_wakeup_us(), Some(5_000));
+    let batch = store.poll_commit(1_000_000).unwrap().unwrap();
+    assert_eq!(store.next_wakeup_us(), None, "a commit is in flight");
+    store.commit_completed(batch.write_blocking()).unwrap();
+    store.append(m, 0, b"x").unwrap();
+    // The frame waits in its record until record_flush_ms (100 ms) after the last poll.
+    assert_eq!(store.next_wakeup_us(), Some(1_100_000));
+    assert!(store.poll_commit(1_099_999).unwrap().is_none());
+    let batch = store.poll_commit(1_100_000).unwrap().unwrap();
+    let acks = store.commit_completed(batch.write_blocking()).unwrap();
+    assert_eq!(acks.durable[0].durable_through_seq, 0);
+}

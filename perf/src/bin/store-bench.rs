@@ -255,11 +255,29 @@ impl Future for YieldNow {
     }
 }
 
+/// How the commit task waits when there is nothing to commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    /// Sleep on a timer (the shard parks between ticks, so timers fire).
+    Sleep,
+    /// Yield to the other task: when the append task never parks, monoio processes no timers,
+    /// so a sleeping commit task would never wake.
+    Yield,
+}
+
+async fn idle(how: Idle) {
+    match how {
+        Idle::Sleep => monoio::time::sleep(Duration::from_micros(200)).await,
+        Idle::Yield => YieldNow(false).await,
+    }
+}
+
 /// The commit side of a shard: polls the store, runs batches through the committer.
 async fn commit_loop(
     store: Rc<RefCell<Store>>,
     stop: Rc<Cell<bool>>,
     latencies: Rc<RefCell<Histogram<u64>>>,
+    how: Idle,
 ) {
     let mut committer = Committer::new(IoMode::detect()).expect("a committer");
     loop {
@@ -279,9 +297,9 @@ async fn commit_loop(
                 if store.borrow().pending_bytes() == 0 {
                     return;
                 }
-                monoio::time::sleep(Duration::from_micros(200)).await;
+                idle(how).await;
             }
-            Ok(None) => monoio::time::sleep(Duration::from_micros(200)).await,
+            Ok(None) => idle(how).await,
             Err(e) => {
                 eprintln!("poll_commit: {e}");
                 monoio::time::sleep(Duration::from_millis(1)).await;
@@ -332,7 +350,12 @@ fn commit_latency(
     let cpu_before = thread_cpu_ns();
     let started = Instant::now();
     runtime().block_on(async {
-        let committer = monoio::spawn(commit_loop(store.clone(), stop.clone(), latencies.clone()));
+        let committer = monoio::spawn(commit_loop(
+            store.clone(),
+            stop.clone(),
+            latencies.clone(),
+            Idle::Sleep,
+        ));
         let mut seqs = vec![0u32; messages];
         for tick in 0..seconds * 1000 {
             let due = started + Duration::from_millis(tick);
@@ -402,7 +425,12 @@ fn append_peak(
     }
     let started = Instant::now();
     runtime().block_on(async {
-        let committer = monoio::spawn(commit_loop(store.clone(), stop.clone(), latencies.clone()));
+        let committer = monoio::spawn(commit_loop(
+            store.clone(),
+            stop.clone(),
+            latencies.clone(),
+            Idle::Yield,
+        ));
         let mut seqs = vec![0u32; messages];
         let mut n = 0u64;
         while n < frames {
