@@ -255,21 +255,11 @@ impl Future for YieldNow {
     }
 }
 
-/// How the commit task waits when there is nothing to commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Idle {
-    /// Sleep on a timer (the shard parks between ticks, so timers fire).
-    Sleep,
-    /// Yield to the other task: when the append task never parks, monoio processes no timers,
-    /// so a sleeping commit task would never wake.
-    Yield,
-}
-
-async fn idle(how: Idle) {
-    match how {
-        Idle::Sleep => monoio::time::sleep(Duration::from_micros(200)).await,
-        Idle::Yield => YieldNow(false).await,
-    }
+/// How the commit task waits when there is nothing to commit: on a timer, so the runtime
+/// parks, and parking is when monoio reaps ring completions and fires timers (a task that only
+/// yields keeps the runtime from ever parking).
+async fn idle() {
+    monoio::time::sleep(Duration::from_micros(200)).await;
 }
 
 /// The commit side of a shard: polls the store, runs batches through the committer.
@@ -277,7 +267,6 @@ async fn commit_loop(
     store: Rc<RefCell<Store>>,
     stop: Rc<Cell<bool>>,
     latencies: Rc<RefCell<Histogram<u64>>>,
-    how: Idle,
 ) {
     let mut committer = Committer::new(IoMode::detect()).expect("a committer");
     loop {
@@ -297,9 +286,9 @@ async fn commit_loop(
                 if store.borrow().pending_bytes() == 0 {
                     return;
                 }
-                idle(how).await;
+                idle().await;
             }
-            Ok(None) => idle(how).await,
+            Ok(None) => idle().await,
             Err(e) => {
                 eprintln!("poll_commit: {e}");
                 monoio::time::sleep(Duration::from_millis(1)).await;
@@ -350,12 +339,7 @@ fn commit_latency(
     let cpu_before = thread_cpu_ns();
     let started = Instant::now();
     runtime().block_on(async {
-        let committer = monoio::spawn(commit_loop(
-            store.clone(),
-            stop.clone(),
-            latencies.clone(),
-            Idle::Sleep,
-        ));
+        let committer = monoio::spawn(commit_loop(store.clone(), stop.clone(), latencies.clone()));
         let mut seqs = vec![0u32; messages];
         for tick in 0..seconds * 1000 {
             let due = started + Duration::from_millis(tick);
@@ -425,12 +409,7 @@ fn append_peak(
     }
     let started = Instant::now();
     runtime().block_on(async {
-        let committer = monoio::spawn(commit_loop(
-            store.clone(),
-            stop.clone(),
-            latencies.clone(),
-            Idle::Yield,
-        ));
+        let committer = monoio::spawn(commit_loop(store.clone(), stop.clone(), latencies.clone()));
         // The append loop runs as a spawned task: monoio re-polls a yielding block_on future
         // at once, so only spawned tasks really take turns.
         let appender = monoio::spawn(append_flat_out(store.clone(), msgs, frame, frames));
@@ -447,6 +426,7 @@ fn append_peak(
 async fn append_flat_out(store: Rc<RefCell<Store>>, msgs: Vec<MsgId>, frame: Vec<u8>, frames: u64) {
     let mut seqs = vec![0u32; msgs.len()];
     let mut n = 0u64;
+    let mut backlog = false;
     while n < frames {
         {
             let mut s = store.borrow_mut();
@@ -457,7 +437,10 @@ async fn append_flat_out(store: Rc<RefCell<Store>>, msgs: Vec<MsgId>, frame: Vec
                         seqs[i] += 1;
                         n += 1;
                     }
-                    Err(StoreError::CommitBacklogFull { .. }) => break,
+                    Err(StoreError::CommitBacklogFull { .. }) => {
+                        backlog = true;
+                        break;
+                    }
                     Err(e) => {
                         eprintln!("append refused: {e}");
                         n = frames;
@@ -466,7 +449,12 @@ async fn append_flat_out(store: Rc<RefCell<Store>>, msgs: Vec<MsgId>, frame: Vec
                 }
             }
         }
-        YieldNow(false).await;
+        if std::mem::take(&mut backlog) {
+            // Let the runtime park so the commit completes (monoio reaps completions on park).
+            monoio::time::sleep(Duration::from_micros(50)).await;
+        } else {
+            YieldNow(false).await;
+        }
     }
     let end = wall_us();
     for m in &msgs {
