@@ -13,6 +13,10 @@
 //!  store.commit_completed(done) ◄─ CommitDone ◄─────────── wake byte + result ◄──┘
 //! ```
 //!
+//! The shard's runtime must park now and then (wait on a timer or a socket) for the commit to
+//! finish: monoio reaps io_uring completions and fires timers when it parks, so a task that
+//! only ever yields starves the commit (measured in `perf/src/bin/store-bench.rs`).
+//!
 //! Do not drop a `commit` future before it completes: the batch's outcome would be lost and
 //! the store would keep waiting for it.
 
