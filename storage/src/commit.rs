@@ -1,0 +1,156 @@
+//! The hand-over between the store and whoever does the disk I/O: a [`CommitBatch`] leaves
+//! the store, is written and synced elsewhere, and comes back as a [`CommitDone`].
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hark_core::MsgId;
+
+use crate::format::EndState;
+
+/// One commit: block-aligned bytes to write at `offset` of one segment file and then sync.
+///
+/// It owns its buffer and a handle on the file, so the store is not borrowed while the I/O
+/// runs. Hand it to [`crate::io::Committer::commit`] (or [`CommitBatch::write_blocking`]) and
+/// give the result to [`crate::Store::commit_completed`].
+#[derive(Debug)]
+pub struct CommitBatch {
+    pub(crate) id: u64,
+    pub(crate) segment: u32,
+    pub(crate) file: Arc<File>,
+    pub(crate) path: PathBuf,
+    pub(crate) offset: u64,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) sync_dir: Option<PathBuf>,
+    pub(crate) hint: Option<HintWrite>,
+}
+
+/// A sealed segment's hint file, written after the batch (best effort, never synced).
+#[derive(Debug)]
+pub struct HintWrite {
+    pub(crate) path: PathBuf,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl HintWrite {
+    /// Writes the hint to a temporary name and renames it into place.
+    pub fn write_blocking(&self) -> io::Result<()> {
+        let tmp = self.path.with_extension("hint.tmp");
+        std::fs::write(&tmp, &self.bytes)?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+impl CommitBatch {
+    /// The segment the batch goes to.
+    pub fn segment(&self) -> u32 {
+        self.segment
+    }
+    /// File offset of the first byte (a block boundary).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// Bytes to write (a whole number of blocks).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+    /// Always false: a batch holds at least one block.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Writes, syncs, and writes the hint, on the calling thread. Used by the sync thread of
+    /// the epoll fallback, by tests and by tools; a shard thread must not call it.
+    pub fn write_blocking(self) -> CommitDone {
+        let result = self.write_and_sync();
+        let hint_result = self.hint.as_ref().map(HintWrite::write_blocking);
+        CommitDone {
+            batch: self,
+            result,
+            hint_result,
+        }
+    }
+
+    fn write_and_sync(&self) -> io::Result<()> {
+        self.file.write_all_at(&self.buf, self.offset)?;
+        self.file.sync_data()?;
+        if let Some(dir) = &self.sync_dir {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// The segment file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Fault injection for tests: the batch with a read-only handle on its file, so the
+    /// write fails inside the I/O layer. Not for production use.
+    #[doc(hidden)]
+    pub fn with_read_only_file_for_test(mut self) -> Self {
+        if let Ok(file) = File::open(&self.path) {
+            self.file = Arc::new(file);
+        }
+        self
+    }
+
+    /// The batch as failed with `error`, without touching the disk (what an I/O layer reports
+    /// when it cannot even start the write; also used to test failure handling).
+    pub fn fail(self, error: io::Error) -> CommitDone {
+        CommitDone {
+            batch: self,
+            result: Err(error),
+            hint_result: None,
+        }
+    }
+
+    /// The batch with the outcome an I/O layer observed.
+    pub fn done(self, result: io::Result<()>, hint_result: Option<io::Result<()>>) -> CommitDone {
+        CommitDone {
+            batch: self,
+            result,
+            hint_result,
+        }
+    }
+}
+
+/// A batch coming back from the I/O layer with its outcome.
+#[derive(Debug)]
+pub struct CommitDone {
+    pub(crate) batch: CommitBatch,
+    pub(crate) result: io::Result<()>,
+    pub(crate) hint_result: Option<io::Result<()>>,
+}
+
+impl CommitDone {
+    /// Whether the data write and sync succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+/// The highest frame of a message now durable: the relay sends a stored-ack from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableAck {
+    /// The message.
+    pub msg: MsgId,
+    /// Every frame with a sequence number up to and including this one is durable.
+    pub durable_through_seq: u32,
+}
+
+/// What a successful commit made durable.
+#[derive(Debug, Default)]
+pub struct CommitAcks {
+    /// One entry per message with newly durable frames.
+    pub durable: Vec<DurableAck>,
+    /// Messages whose End record is now durable, and how they ended.
+    pub ended: Vec<(MsgId, EndState)>,
+    /// Bytes written by the commit, padding included.
+    pub bytes_written: usize,
+    /// A hint file could not be written; harmless (the segment is rescanned on next open).
+    pub hint_error: Option<io::Error>,
+}

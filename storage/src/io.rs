@@ -1,0 +1,234 @@
+//! The I/O executor of a shard's commits, for use inside a monoio runtime.
+//!
+//! * [`IoMode::Ring`] (io_uring): the write, the fdatasync and the hint file go through the
+//!   ring as monoio file ops; the shard thread never blocks on the disk.
+//! * [`IoMode::SyncThread`] (the epoll fallback, where monoio file ops are plain blocking
+//!   syscalls): one sync thread per shard does the write and the fdatasync; it hands the
+//!   result back through a channel and wakes the shard through a socket pair that the shard
+//!   awaits like any other socket. Live relaying goes on meanwhile.
+//!
+//! ```text
+//!  shard thread                                 sync thread (SyncThread mode only)
+//!  store.poll_commit(now) ─► CommitBatch ─► Committer::commit ──job──► pwrite + fdatasync
+//!  store.commit_completed(done) ◄─ CommitDone ◄─────────── wake byte + result ◄──┘
+//! ```
+//!
+//! The shard's runtime must park now and then (wait on a timer or a socket) for the commit to
+//! finish: monoio reaps io_uring completions and fires timers when it parks, so a task that
+//! only ever yields starves the commit (measured in `perf/src/bin/store-bench.rs`).
+//!
+//! Do not drop a `commit` future before it completes: the batch's outcome would be lost and
+//! the store would keep waiting for it.
+
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+
+use monoio::io::AsyncReadRent;
+
+use crate::commit::{CommitBatch, CommitDone, HintWrite};
+
+/// How a shard's commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// io_uring file ops through the shard's own ring.
+    Ring,
+    /// A per-shard thread doing blocking writes and syncs.
+    SyncThread,
+}
+
+impl IoMode {
+    /// `Ring` when monoio would pick io_uring (it honours `MONOIO_FORCE_LEGACY_DRIVER`),
+    /// else `SyncThread`. A runtime built explicitly with the legacy driver must pass
+    /// `SyncThread` itself.
+    pub fn detect() -> Self {
+        if monoio::utils::detect_uring() {
+            Self::Ring
+        } else {
+            Self::SyncThread
+        }
+    }
+}
+
+/// Runs one shard's commits; see the module docs.
+#[derive(Debug)]
+pub struct Committer {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Ring {
+        /// The file of the last batch's segment, kept open across commits.
+        file: Option<(u32, monoio::fs::File)>,
+    },
+    Thread {
+        jobs: Option<SyncSender<CommitBatch>>,
+        done: Receiver<CommitDone>,
+        wake: monoio::net::UnixStream,
+        wake_buf: Option<Vec<u8>>,
+        thread: Option<JoinHandle<()>>,
+    },
+}
+
+impl Committer {
+    /// A committer for the current monoio runtime. In `SyncThread` mode it starts the sync
+    /// thread and must be called on the shard's runtime thread.
+    pub fn new(mode: IoMode) -> io::Result<Self> {
+        let inner = match mode {
+            IoMode::Ring => Inner::Ring { file: None },
+            IoMode::SyncThread => {
+                let (shard_end, thread_end) = StdUnixStream::pair()?;
+                shard_end.set_nonblocking(true)?;
+                let wake = monoio::net::UnixStream::from_std(shard_end)?;
+                // One job at a time: the store never has two batches in flight.
+                let (jobs_tx, jobs_rx) = mpsc::sync_channel::<CommitBatch>(1);
+                let (done_tx, done_rx) = mpsc::sync_channel::<CommitDone>(1);
+                let thread = std::thread::Builder::new()
+                    .name("hark-store-sync".into())
+                    .spawn(move || sync_thread(jobs_rx, done_tx, thread_end))?;
+                Inner::Thread {
+                    jobs: Some(jobs_tx),
+                    done: done_rx,
+                    wake,
+                    wake_buf: Some(Vec::with_capacity(8)),
+                    thread: Some(thread),
+                }
+            }
+        };
+        Ok(Self { inner })
+    }
+
+    /// Which mode this committer runs in.
+    pub fn mode(&self) -> IoMode {
+        match self.inner {
+            Inner::Ring { .. } => IoMode::Ring,
+            Inner::Thread { .. } => IoMode::SyncThread,
+        }
+    }
+
+    /// Writes and syncs `batch`; the result goes to `Store::commit_completed`.
+    pub async fn commit(&mut self, batch: CommitBatch) -> CommitDone {
+        match &mut self.inner {
+            Inner::Ring { file } => commit_ring(file, batch).await,
+            Inner::Thread {
+                jobs,
+                done,
+                wake,
+                wake_buf,
+                ..
+            } => {
+                let Some(sender) = jobs.as_ref() else {
+                    return batch.fail(io::Error::other("commit sync thread is stopped"));
+                };
+                if let Err(mpsc::SendError(batch)) = sender.send(batch) {
+                    return batch.fail(io::Error::other("commit sync thread is gone"));
+                }
+                // Each finished job is followed by exactly one wake byte, so this loop runs at
+                // most twice per commit unless the socket itself fails.
+                loop {
+                    match done.try_recv() {
+                        Ok(result) => return result,
+                        Err(TryRecvError::Disconnected) => abort_on_lost_batch(),
+                        Err(TryRecvError::Empty) => {}
+                    }
+                    let buf = wake_buf.take().unwrap_or_default();
+                    let (result, mut buf) = wake.read(buf).await;
+                    buf.clear();
+                    *wake_buf = Some(buf);
+                    match result {
+                        Ok(0) => abort_on_lost_batch(),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            // The wake socket failed: wait for the result the slow way (blocks
+                            // this thread for at most one write and sync). Correct, not fast.
+                            return done.recv().unwrap_or_else(|_| abort_on_lost_batch());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sync thread died while holding a batch (only a panic in std's file I/O could do that):
+/// the store can no longer learn that batch's outcome, and acknowledging or retrying it blindly
+/// could break the durability promise. Stop the process; recovery on restart is exactly what
+/// the store is built for.
+fn abort_on_lost_batch() -> ! {
+    std::process::abort()
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        if let Inner::Thread { jobs, thread, .. } = &mut self.inner {
+            jobs.take();
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn sync_thread(jobs: Receiver<CommitBatch>, done: SyncSender<CommitDone>, mut wake: StdUnixStream) {
+    for batch in jobs {
+        if done.send(batch.write_blocking()).is_err() {
+            return;
+        }
+        if wake.write_all(&[1]).is_err() {
+            return;
+        }
+    }
+}
+
+async fn commit_ring(
+    cached: &mut Option<(u32, monoio::fs::File)>,
+    mut batch: CommitBatch,
+) -> CommitDone {
+    if cached.as_ref().is_none_or(|(seg, _)| *seg != batch.segment) {
+        let std = match batch.file.try_clone() {
+            Ok(std) => std,
+            Err(e) => return batch.fail(e),
+        };
+        match monoio::fs::File::from_std(std) {
+            Ok(file) => *cached = Some((batch.segment, file)),
+            Err(e) => return batch.fail(e),
+        }
+    }
+    let Some((_, file)) = cached.as_ref() else {
+        return batch.fail(io::Error::other("segment file not open"));
+    };
+    let buf = std::mem::take(&mut batch.buf);
+    let (written, buf) = file.write_all_at(buf, batch.offset).await;
+    batch.buf = buf;
+    let mut result = written;
+    if result.is_ok() {
+        result = file.sync_data().await;
+    }
+    if let (Ok(()), Some(dir)) = (&result, &batch.sync_dir) {
+        result = sync_dir_ring(dir).await;
+    }
+    let hint_result = match (&result, batch.hint.as_ref()) {
+        (Ok(()), Some(hint)) => Some(write_hint_ring(hint).await),
+        _ => None,
+    };
+    batch.done(result, hint_result)
+}
+
+async fn sync_dir_ring(dir: &std::path::Path) -> io::Result<()> {
+    let dir = monoio::fs::File::open(dir).await?;
+    dir.sync_all().await?;
+    dir.close().await
+}
+
+async fn write_hint_ring(hint: &HintWrite) -> io::Result<()> {
+    let tmp = hint.path.with_extension("hint.tmp");
+    let file = monoio::fs::File::create(&tmp).await?;
+    let (written, _) = file.write_all_at(hint.bytes.clone(), 0).await;
+    written?;
+    file.close().await?;
+    // A rename is a short metadata operation; monoio has no rename op without a feature.
+    std::fs::rename(&tmp, &hint.path)
+}
