@@ -19,6 +19,7 @@
 pub mod ids;
 pub mod map;
 pub mod protocol;
+pub mod shard;
 pub mod token;
 
 pub use ids::{ConvId, ConvName, HostId, MsgId, MsgIdGenerator, ShardId};
