@@ -2,7 +2,9 @@
 //! read, reports writes) and tests by concern.
 
 mod catch_up;
+mod limits;
 mod live;
+mod sessions;
 
 use std::collections::HashMap;
 
@@ -307,10 +309,6 @@ impl Host {
 
     pub fn events(&self, client: Client) -> &[Event] {
         self.events.get(&client).map_or(&[], |e| &e[..])
-    }
-
-    pub fn take_events(&mut self, client: Client) -> Vec<Event> {
-        self.events.remove(&client).unwrap_or_default()
     }
 
     /// The error codes a client received, in order.
