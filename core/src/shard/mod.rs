@@ -16,6 +16,7 @@
 //! `docs/shard.md` describes the state, the catch-up and slow-listener algorithms and the
 //! limits.
 
+mod auth;
 mod conversation;
 mod limits;
 mod listener;
@@ -35,10 +36,9 @@ use bytes::{Bytes, BytesMut};
 use crate::ids::{ConvId, MsgId, MsgIdGenerator, ShardId};
 use crate::map::Membership;
 use crate::protocol::{
-    DecodeError, ErrorCode, ErrorSubject, Event, GoAwayReason, PROTOCOL_VERSION, Request,
-    write_event,
+    DecodeError, ErrorCode, ErrorSubject, Event, GoAwayReason, Request, write_event,
 };
-use crate::token::{ConvPrefix, Grant, Keyring, Right, Rights, Scope, Subject, TokenError};
+use crate::token::{ConvPrefix, Grant, Keyring, Right, Rights, Scope, Subject};
 
 use conversation::{Conversation, Handles, LiveMessage, Slab};
 use session::{Session, SessionPhase};
@@ -430,91 +430,6 @@ impl<S: BodyStore> Shard<S> {
         }
     }
 
-    fn hello(&mut self, conn: ConnId, version: u16, token: &[u8]) {
-        if version < PROTOCOL_VERSION {
-            self.fail_connection(
-                conn,
-                ErrorCode::UNSUPPORTED_VERSION,
-                "this relay speaks protocol version 1",
-            );
-            return;
-        }
-        let now_s = self.now_us / 1_000_000;
-        let loopback = self.session(conn).is_some_and(|s| s.loopback);
-        let grant = if token.is_empty() {
-            if !(self.config.dev_mode && loopback) {
-                self.fail_connection(conn, ErrorCode::TOKEN_MISSING, "a token is required");
-                return;
-            }
-            dev_grant(&self.keyring)
-        } else {
-            let verified = std::str::from_utf8(token)
-                .map_err(|_| TokenError::NotAToken)
-                .and_then(|text| self.keyring.verify(text, now_s));
-            match verified {
-                Ok(grant) => grant,
-                Err(error @ TokenError::Expired { .. }) => {
-                    self.fail_connection(conn, ErrorCode::TOKEN_EXPIRED, &error.to_string());
-                    return;
-                }
-                Err(error) => {
-                    self.fail_connection(conn, ErrorCode::TOKEN_INVALID, &error.to_string());
-                    return;
-                }
-            }
-        };
-        let Some(session) = self.session_mut(conn) else {
-            return;
-        };
-        session.phase = SessionPhase::Open;
-        session.sender = grant.subject.as_str().to_owned();
-        session.grant = Some(grant);
-        let session_id = session.session_id;
-        let event = Event::HelloAccepted {
-            version: PROTOCOL_VERSION,
-            host: self.shard.host,
-            session: session_id,
-            server_time_us: self.now_us,
-            limits: self.config.session_limits(),
-        };
-        self.send_event(conn, &event);
-    }
-
-    /// Checks the session's grant for `right` on `conv`; on refusal the error is sent (and
-    /// the connection closed for an expired token) and `false` returned.
-    fn authorize(
-        &mut self,
-        conn: ConnId,
-        rights: &[Right],
-        conv: &crate::ids::ConvName,
-        about: ErrorSubject,
-    ) -> bool {
-        let now_s = self.now_us / 1_000_000;
-        let Some(grant) = self.session(conn).and_then(|s| s.grant.as_ref()) else {
-            return false;
-        };
-        if let Err(error) = grant.check_expiry(now_s) {
-            let text = error.to_string();
-            self.fail_connection(conn, ErrorCode::TOKEN_EXPIRED, &text);
-            return false;
-        }
-        let refusal = rights
-            .iter()
-            .find_map(|right| grant.authorize(*right, conv).err());
-        match refusal {
-            None => true,
-            Some(error) => {
-                let code = match error {
-                    TokenError::OutOfScope(_) => ErrorCode::OUT_OF_SCOPE,
-                    _ => ErrorCode::RIGHT_MISSING,
-                };
-                let text = error.to_string();
-                self.send_error(conn, code, about, &text);
-                false
-            }
-        }
-    }
-
     /// The shard of this host that owns `conv`.
     fn owner_of(&self, conv: ConvId) -> ShardId {
         self.local_shards.owner(conv).unwrap_or(self.shard)
@@ -557,140 +472,6 @@ impl<S: BodyStore> Shard<S> {
                 about,
                 "this conversation is owned by another core; open one connection per owner",
             );
-        }
-    }
-
-    // ----- sessions -----
-
-    fn new_session_id(&mut self) -> u64 {
-        self.next_session_id += 1;
-        (u64::from(self.shard.core) << 48) | (self.next_session_id & 0xffff_ffff_ffff)
-    }
-
-    fn insert_session(&mut self, session: Session) -> ConnId {
-        self.session_count += 1;
-        if let Some(index) = self.free_sessions.pop() {
-            let slot = &mut self.sessions[index as usize];
-            slot.session = Some(session);
-            return ConnId {
-                index,
-                generation: slot.generation,
-            };
-        }
-        self.sessions.push(SessionSlot {
-            generation: 0,
-            session: Some(session),
-        });
-        ConnId {
-            index: (self.sessions.len() - 1) as u32,
-            generation: 0,
-        }
-    }
-
-    fn session(&self, conn: ConnId) -> Option<&Session> {
-        let slot = self.sessions.get(conn.index as usize)?;
-        if slot.generation != conn.generation {
-            return None;
-        }
-        slot.session.as_ref()
-    }
-
-    fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
-        let slot = self.sessions.get_mut(conn.index as usize)?;
-        if slot.generation != conn.generation {
-            return None;
-        }
-        slot.session.as_mut()
-    }
-
-    fn conn_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.sessions.iter().enumerate().filter_map(|(i, slot)| {
-            slot.session.as_ref().map(|_| ConnId {
-                index: i as u32,
-                generation: slot.generation,
-            })
-        })
-    }
-
-    /// Removes the session from the slab without releasing what it uses (handoff of an
-    /// unattached session).
-    fn take_session(&mut self, conn: ConnId) -> Option<Session> {
-        let slot = self.sessions.get_mut(conn.index as usize)?;
-        if slot.generation != conn.generation {
-            return None;
-        }
-        let session = slot.session.take()?;
-        slot.generation = slot.generation.wrapping_add(1);
-        self.free_sessions.push(conn.index);
-        self.session_count -= 1;
-        Some(session)
-    }
-
-    /// Forgets a session: its talk streams' messages wait for a resume, its subscriptions end.
-    fn remove_session(&mut self, conn: ConnId) {
-        let Some(session) = self.session(conn) else {
-            return;
-        };
-        let slots: Vec<usize> = (0..session.subs.len()).collect();
-        for slot in slots {
-            self.drop_subscription(conn, slot);
-        }
-        self.detach_talkers(conn);
-        self.take_session(conn);
-    }
-
-    /// Sends `error` with a closing code and closes the connection.
-    fn fail_connection(&mut self, conn: ConnId, code: ErrorCode, text: &str) {
-        if self.session(conn).is_none() {
-            return;
-        }
-        self.send_error(conn, code, ErrorSubject::Connection, text);
-        self.close(conn);
-    }
-
-    fn close(&mut self, conn: ConnId) {
-        if self.session(conn).is_none() {
-            return;
-        }
-        self.remove_session(conn);
-        self.actions.push_back(Action::Close { conn });
-    }
-
-    fn send_error(&mut self, conn: ConnId, code: ErrorCode, about: ErrorSubject, text: &str) {
-        let mut text = text.to_owned();
-        if text.len() > crate::protocol::ERROR_TEXT_LEN_MAX {
-            let mut cut = crate::protocol::ERROR_TEXT_LEN_MAX;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-        }
-        self.send_event(conn, &Event::Error { code, about, text });
-    }
-
-    fn send_event(&mut self, conn: ConnId, event: &Event) {
-        if write_event(event, &mut self.encode_buf).is_err() {
-            // Every event the shard builds respects the protocol's limits (texts are cut,
-            // history pages are sized); an encoding failure would be a bug, not input.
-            self.encode_buf.clear();
-            return;
-        }
-        let bytes = self.encode_buf.split().freeze();
-        self.send(conn, bytes);
-    }
-
-    /// Hands bytes to the glue and counts them against the connection's send queue; a
-    /// connection above the hard cap (a client that stopped reading) is closed.
-    fn send(&mut self, conn: ConnId, bytes: Bytes) {
-        let hard_max = self.config.send_queue_bytes_hard_max;
-        let Some(session) = self.session_mut(conn) else {
-            return;
-        };
-        session.queued_bytes += bytes.len();
-        let over = session.queued_bytes > hard_max;
-        self.actions.push_back(Action::Send { conn, bytes });
-        if over {
-            self.close(conn);
         }
     }
 

@@ -6,8 +6,12 @@ use std::collections::VecDeque;
 use crate::ids::{ConvId, ConvName, MsgId};
 use crate::token::Grant;
 
+use bytes::Bytes;
+
 use super::limits::FrameRate;
-use super::store::TimelineFrom;
+use super::store::{BodyStore, TimelineFrom};
+use super::{Action, SessionSlot, Shard};
+use crate::protocol::{ErrorCode, ErrorSubject, Event, write_event};
 
 /// A connection as the shard names it: a slab index and the generation of that slot, so a
 /// stale id (of a closed connection whose slot was reused) is recognised and ignored.
@@ -136,4 +140,145 @@ pub(crate) struct Delivery {
     pub next_seq: u32,
     /// Receiving live frames from the message (listed in its live listeners).
     pub live: bool,
+}
+
+/// The session slab and what is sent to connections.
+impl<S: BodyStore> Shard<S> {
+    pub(super) fn new_session_id(&mut self) -> u64 {
+        self.next_session_id += 1;
+        (u64::from(self.shard.core) << 48) | (self.next_session_id & 0xffff_ffff_ffff)
+    }
+
+    pub(super) fn insert_session(&mut self, session: Session) -> ConnId {
+        self.session_count += 1;
+        if let Some(index) = self.free_sessions.pop() {
+            let slot = &mut self.sessions[index as usize];
+            slot.session = Some(session);
+            return ConnId {
+                index,
+                generation: slot.generation,
+            };
+        }
+        self.sessions.push(SessionSlot {
+            generation: 0,
+            session: Some(session),
+        });
+        ConnId {
+            index: (self.sessions.len() - 1) as u32,
+            generation: 0,
+        }
+    }
+
+    pub(super) fn session(&self, conn: ConnId) -> Option<&Session> {
+        let slot = self.sessions.get(conn.index as usize)?;
+        if slot.generation != conn.generation {
+            return None;
+        }
+        slot.session.as_ref()
+    }
+
+    pub(super) fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
+        let slot = self.sessions.get_mut(conn.index as usize)?;
+        if slot.generation != conn.generation {
+            return None;
+        }
+        slot.session.as_mut()
+    }
+
+    pub(super) fn conn_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.sessions.iter().enumerate().filter_map(|(i, slot)| {
+            slot.session.as_ref().map(|_| ConnId {
+                index: i as u32,
+                generation: slot.generation,
+            })
+        })
+    }
+
+    /// Removes the session from the slab without releasing what it uses (handoff of an
+    /// unattached session).
+    pub(super) fn take_session(&mut self, conn: ConnId) -> Option<Session> {
+        let slot = self.sessions.get_mut(conn.index as usize)?;
+        if slot.generation != conn.generation {
+            return None;
+        }
+        let session = slot.session.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free_sessions.push(conn.index);
+        self.session_count -= 1;
+        Some(session)
+    }
+
+    /// Forgets a session: its talk streams' messages wait for a resume, its subscriptions end.
+    pub(super) fn remove_session(&mut self, conn: ConnId) {
+        let Some(session) = self.session(conn) else {
+            return;
+        };
+        let slots: Vec<usize> = (0..session.subs.len()).collect();
+        for slot in slots {
+            self.drop_subscription(conn, slot);
+        }
+        self.detach_talkers(conn);
+        self.take_session(conn);
+    }
+
+    /// Sends `error` with a closing code and closes the connection.
+    pub(super) fn fail_connection(&mut self, conn: ConnId, code: ErrorCode, text: &str) {
+        if self.session(conn).is_none() {
+            return;
+        }
+        self.send_error(conn, code, ErrorSubject::Connection, text);
+        self.close(conn);
+    }
+
+    pub(super) fn close(&mut self, conn: ConnId) {
+        if self.session(conn).is_none() {
+            return;
+        }
+        self.remove_session(conn);
+        self.actions.push_back(Action::Close { conn });
+    }
+
+    pub(super) fn send_error(
+        &mut self,
+        conn: ConnId,
+        code: ErrorCode,
+        about: ErrorSubject,
+        text: &str,
+    ) {
+        let mut text = text.to_owned();
+        if text.len() > crate::protocol::ERROR_TEXT_LEN_MAX {
+            let mut cut = crate::protocol::ERROR_TEXT_LEN_MAX;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        self.send_event(conn, &Event::Error { code, about, text });
+    }
+
+    pub(super) fn send_event(&mut self, conn: ConnId, event: &Event) {
+        if write_event(event, &mut self.encode_buf).is_err() {
+            // Every event the shard builds respects the protocol's limits (texts are cut,
+            // history pages are sized); an encoding failure would be a bug, not input.
+            self.encode_buf.clear();
+            return;
+        }
+        let bytes = self.encode_buf.split().freeze();
+        self.send(conn, bytes);
+    }
+
+    /// Hands bytes to the glue and counts them against the connection's send queue; a
+    /// connection above the hard cap (a client that stopped reading) is closed.
+    pub(super) fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        let hard_max = self.config.send_queue_bytes_hard_max;
+        let Some(session) = self.session_mut(conn) else {
+            return;
+        };
+        session.queued_bytes += bytes.len();
+        let over = session.queued_bytes > hard_max;
+        self.actions.push_back(Action::Send { conn, bytes });
+        if over {
+            self.close(conn);
+        }
+    }
 }
