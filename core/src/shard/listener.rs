@@ -16,7 +16,7 @@ use super::conversation::{ListenerRef, LiveListener, MessagePhase};
 use super::session::{ConnId, Delivery, Subscription};
 use super::store::{BodyStore, ReplayStatus, TimelineFrom};
 use super::talk::outcome_of;
-use super::{PUMP_STEPS_MAX, Shard};
+use super::{PUMP_STEPS_MAX, RouteReleased, Shard};
 use crate::ids::{ConvName, MsgId};
 use crate::protocol::{
     ErrorCode, ErrorSubject, Event, FRAME_LEN_MAX, FrameKind, HISTORY_ENTRIES_MAX, HistoryEntry,
@@ -39,11 +39,11 @@ impl<S: BodyStore> Shard<S> {
         conversation: ConvName,
         from: ListenFrom,
     ) {
-        let about = ErrorSubject::Sub(sub);
         let Some(session) = self.session(conn) else {
             return;
         };
-        if session.sub_slot(sub).is_some() {
+        if session.sub_slot(sub).is_some() || session.remote_subs.iter().any(|s| s.0 == sub) {
+            let about = ErrorSubject::Sub(sub);
             self.send_error(
                 conn,
                 ErrorCode::DUPLICATE_SUB,
@@ -52,6 +52,20 @@ impl<S: BodyStore> Shard<S> {
             );
             return;
         }
+        if !self.open_subscription(conn, sub, conversation, from) {
+            self.release_route(conn, RouteReleased::Sub(sub), false);
+        }
+    }
+
+    /// Opens (or routes) a subscription; false when it was refused.
+    fn open_subscription(
+        &mut self,
+        conn: ConnId,
+        sub: u32,
+        conversation: ConvName,
+        from: ListenFrom,
+    ) -> bool {
+        let about = ErrorSubject::Sub(sub);
         if self.is_shutting_down() {
             self.send_error(
                 conn,
@@ -59,14 +73,14 @@ impl<S: BodyStore> Shard<S> {
                 about,
                 "the relay is draining",
             );
-            return;
+            return false;
         }
         let rights: &[Right] = match from {
             ListenFrom::Live => &[Right::Listen],
             _ => &[Right::Listen, Right::History],
         };
         if !self.authorize(conn, rights, &conversation, about) {
-            return;
+            return false;
         }
         let owner = self.owner_of(conversation.id());
         if owner != self.shard {
@@ -75,16 +89,18 @@ impl<S: BodyStore> Shard<S> {
                 conversation,
                 from,
             };
-            return self.route_to_owner(conn, owner, request, about);
+            self.route_to_owner(conn, owner, request, about);
+            return true;
         }
-        if self.session(conn).map_or(0, |s| s.sub_count()) >= usize::from(self.config.subs_max) {
+        if self.session(conn).map_or(0, |s| s.all_sub_count()) >= usize::from(self.config.subs_max)
+        {
             self.send_error(
                 conn,
                 ErrorCode::TOO_MANY_CONVERSATIONS,
                 about,
                 "too many subscriptions open on this connection",
             );
-            return;
+            return false;
         }
         let Some(conv_slot) = self.conversation_slot(&conversation) else {
             self.send_error(
@@ -93,7 +109,7 @@ impl<S: BodyStore> Shard<S> {
                 about,
                 "this core holds its maximum of conversations",
             );
-            return;
+            return false;
         };
         let conv_id = conversation.id();
         let (backlog, timeline, last_listed) = match from {
@@ -127,7 +143,7 @@ impl<S: BodyStore> Shard<S> {
                         about,
                         "the message is not stored in this conversation",
                     );
-                    return;
+                    return false;
                 }
                 let from = match msg.0.checked_sub(1) {
                     Some(before) => TimelineFrom::After(MsgId(before)),
@@ -147,7 +163,7 @@ impl<S: BodyStore> Shard<S> {
             deliveries: Vec::new(),
         };
         let Some(session) = self.session_mut(conn) else {
-            return;
+            return false;
         };
         let slot = match session.subs.iter().position(Option::is_none) {
             Some(slot) => {
@@ -168,6 +184,7 @@ impl<S: BodyStore> Shard<S> {
         }
         self.send_event(conn, &Event::Listening { sub });
         self.pump_queue.push(conn);
+        true
     }
 
     pub(super) fn unlisten(&mut self, conn: ConnId, sub: u32) {
@@ -178,10 +195,12 @@ impl<S: BodyStore> Shard<S> {
                 ErrorSubject::Sub(sub),
                 "no open subscription with this id",
             );
+            self.release_route(conn, RouteReleased::Sub(sub), false);
             return;
         };
         self.drop_subscription(conn, slot);
         self.send_event(conn, &Event::Unlistened { sub });
+        self.release_route(conn, RouteReleased::Sub(sub), false);
     }
 
     /// Ends a subscription: its deliveries leave their messages' live lists and release

@@ -8,9 +8,9 @@
 //!
 //! ```text
 //!  glue ── connection_opened / handle_request / decode_failed / bytes_written ──► Shard
-//!       ── store_acks (after a group commit) / handle_timeout / connection_adopted ─► │
+//!       ── store_acks (after a group commit) / handle_timeout / handle_peer ─────►   │
 //!                                                         BodyStore (in memory) ◄──┤
-//!  glue ◄── poll_action: Send{conn, Bytes} | Close | HandOff | WakeAt ─────────────┘
+//!  glue ◄── poll_action: Send{conn, Bytes} | Close | ToShard | HandOff | WakeAt ────┘
 //! ```
 //!
 //! `docs/shard.md` describes the state, the catch-up and slow-listener algorithms and the
@@ -22,6 +22,7 @@ mod limits;
 mod listener;
 mod memory_store;
 mod peer;
+mod routing;
 mod session;
 mod store;
 mod talk;
@@ -45,7 +46,7 @@ use session::{Session, SessionPhase};
 
 pub use limits::ShardConfig;
 pub use memory_store::{MEMORY_STORE_OPEN_MESSAGES_MAX, MemoryCursor, MemoryStore};
-pub use peer::SessionHandoff;
+pub use peer::{MapVersion, PeerMessage, RouteReleased, SessionHandoff};
 pub use session::ConnId;
 pub use store::{
     Appended, BodyStore, DurableAck, EndState, MessageHeader, MessageState, ReplayStatus,
@@ -76,6 +77,13 @@ pub enum Action {
     Close {
         /// The connection.
         conn: ConnId,
+    },
+    /// Deliver a message to another shard of this host.
+    ToShard {
+        /// The receiving shard.
+        shard: ShardId,
+        /// What to deliver.
+        msg: PeerMessage,
     },
     /// Move the connection's socket (and its unread input bytes) to the owner shard, which
     /// continues the session with [`Shard::connection_adopted`]. This shard has forgotten it.
@@ -126,6 +134,8 @@ pub struct Shard<S: BodyStore> {
     conv_by_id: HashMap<ConvId, u32>,
     messages: Slab<LiveMessage>,
     msg_by_id: HashMap<MsgId, u32>,
+    /// Proxy sessions of connections served by other shards: (shard, its conn) -> ours.
+    proxies: HashMap<(ShardId, ConnId), ConnId>,
     handles: Handles,
     handle_base: u32,
     actions: VecDeque<Action>,
@@ -169,6 +179,7 @@ impl<S: BodyStore> Shard<S> {
             conv_by_id: HashMap::new(),
             messages: Slab::default(),
             msg_by_id: HashMap::new(),
+            proxies: HashMap::new(),
             handles: Handles::default(),
             // A host has at most 256 shards with distinct prefixes; more share prefixes and
             // must not serve one connection from two of them (they never do: see docs).
@@ -229,17 +240,22 @@ impl<S: BodyStore> Shard<S> {
     pub fn connection_opened(&mut self, now_us: u64, loopback: bool) -> Opened {
         self.now_us = now_us;
         if self.session_count >= self.config.connections_max {
-            let goodbye = encode_standalone(&Event::Error {
-                code: ErrorCode::TOO_MANY_CONNECTIONS,
-                about: ErrorSubject::Connection,
-                text: "this shard serves its maximum of connections".into(),
-            });
-            return Opened::Refused { goodbye };
+            return self.connection_refusal();
         }
         let session_id = self.new_session_id();
         let conn = self.insert_session(Session::new(loopback, session_id, now_us));
         self.schedule_wake();
         Opened::Accepted(conn)
+    }
+
+    /// The answer to a connection the shard has no room for.
+    fn connection_refusal(&self) -> Opened {
+        let goodbye = encode_standalone(&Event::Error {
+            code: ErrorCode::TOO_MANY_CONNECTIONS,
+            about: ErrorSubject::Connection,
+            text: "this shard serves its maximum of connections".into(),
+        });
+        Opened::Refused { goodbye }
     }
 
     /// A session handed off by another shard of this host; its request is processed here.
@@ -302,6 +318,7 @@ impl<S: BodyStore> Shard<S> {
             return;
         };
         session.queued_bytes = session.queued_bytes.saturating_sub(n);
+        self.attribute_written(conn, n);
         self.pump_queue.push(conn);
         self.finish_input();
     }
@@ -323,7 +340,7 @@ impl<S: BodyStore> Shard<S> {
         let mut idle = Vec::new();
         let mut ping = Vec::new();
         for (index, slot) in self.sessions.iter().enumerate() {
-            let Some(session) = &slot.session else {
+            let Some(session) = slot.session.as_ref().filter(|s| s.remote.is_none()) else {
                 continue;
             };
             let conn = ConnId {
@@ -371,7 +388,7 @@ impl<S: BodyStore> Shard<S> {
         for conn in conns {
             if self
                 .session(conn)
-                .is_some_and(|s| s.phase == SessionPhase::Open)
+                .is_some_and(|s| s.phase == SessionPhase::Open && s.remote.is_none())
             {
                 self.send_event(
                     conn,
@@ -392,6 +409,9 @@ impl<S: BodyStore> Shard<S> {
     }
 
     fn dispatch(&mut self, conn: ConnId, request: Request) {
+        if let Some(owner) = self.remote_route_of(conn, &request) {
+            return self.forward(conn, owner, request);
+        }
         match request {
             Request::Hello { .. } => self.fail_connection(
                 conn,
@@ -433,46 +453,6 @@ impl<S: BodyStore> Shard<S> {
     /// The shard of this host that owns `conv`.
     fn owner_of(&self, conv: ConvId) -> ShardId {
         self.local_shards.owner(conv).unwrap_or(self.shard)
-    }
-
-    /// Routes a request for a conversation owned by `owner` (another shard): a session that
-    /// uses no conversation yet moves to the owner. Returns false when the request was handed
-    /// off or refused.
-    fn route_to_owner(
-        &mut self,
-        conn: ConnId,
-        owner: ShardId,
-        request: Request,
-        about: ErrorSubject,
-    ) {
-        let unattached = self.session(conn).is_some_and(Session::is_unattached);
-        if unattached {
-            let Some(session) = self.take_session(conn) else {
-                return;
-            };
-            let Some(grant) = session.grant else {
-                return;
-            };
-            let state = SessionHandoff {
-                session_id: session.session_id,
-                loopback: session.loopback,
-                grant,
-                queued_bytes: session.queued_bytes,
-                request,
-            };
-            self.actions.push_back(Action::HandOff {
-                conn,
-                to: owner,
-                state,
-            });
-        } else {
-            self.send_error(
-                conn,
-                ErrorCode::INTERNAL,
-                about,
-                "this conversation is owned by another core; open one connection per owner",
-            );
-        }
     }
 
     /// Work left over by an input: replay pumps, the next timer.

@@ -10,7 +10,8 @@ use bytes::Bytes;
 
 use super::limits::FrameRate;
 use super::store::{BodyStore, TimelineFrom};
-use super::{Action, SessionSlot, Shard};
+use super::{Action, PeerMessage, SessionSlot, Shard};
+use crate::ids::ShardId;
 use crate::protocol::{ErrorCode, ErrorSubject, Event, write_event};
 
 /// A connection as the shard names it: a slab index and the generation of that slot, so a
@@ -54,6 +55,17 @@ pub(crate) struct Session {
     pub subs: Vec<Option<Subscription>>,
     /// Round-robin start for replay pumping.
     pub pump_next: usize,
+    /// For a proxy session: the shard serving the client and its id of the connection.
+    pub remote: Option<(ShardId, ConnId)>,
+    /// Owner shards holding a proxy session of this connection.
+    pub owners: Vec<ShardId>,
+    /// Talk streams served by another shard.
+    pub remote_talks: Vec<(u32, ShardId)>,
+    /// Subscriptions served by another shard.
+    pub remote_subs: Vec<(u32, ShardId)>,
+    /// While `owners` is not empty: who produced the bytes queued for the socket, in order
+    /// (`None` for this shard), so writes are credited to the right owner.
+    pub sent_log: VecDeque<(Option<ShardId>, usize)>,
 }
 
 impl Session {
@@ -72,6 +84,11 @@ impl Session {
             reported_unknown: VecDeque::new(),
             subs: Vec::new(),
             pump_next: 0,
+            remote: None,
+            owners: Vec::new(),
+            remote_talks: Vec::new(),
+            remote_subs: Vec::new(),
+            sent_log: VecDeque::new(),
         }
     }
 
@@ -91,7 +108,44 @@ impl Session {
 
     /// Whether the session uses no conversation yet (it may be handed off to an owner).
     pub(crate) fn is_unattached(&self) -> bool {
-        self.talks.is_empty() && self.sub_count() == 0
+        self.talks.is_empty() && self.sub_count() == 0 && self.owners.is_empty()
+    }
+
+    /// Talk streams open here or at owners.
+    pub(crate) fn talk_count(&self) -> usize {
+        self.talks.len() + self.remote_talks.len()
+    }
+
+    /// Subscriptions open here or at owners.
+    pub(crate) fn all_sub_count(&self) -> usize {
+        self.sub_count() + self.remote_subs.len()
+    }
+
+    /// Counts `bytes` as queued and says how to hand them out: a socket write, or for a proxy
+    /// session a delivery to the shard serving the client.
+    pub(crate) fn output(&mut self, conn: ConnId, bytes: Bytes) -> Action {
+        self.queued_bytes += bytes.len();
+        match self.remote {
+            Some((shard, conn)) => Action::ToShard {
+                shard,
+                msg: PeerMessage::Deliver { conn, bytes },
+            },
+            None => {
+                self.log_sent(None, bytes.len());
+                Action::Send { conn, bytes }
+            }
+        }
+    }
+
+    /// Remembers who produced `len` queued bytes (only while owners elsewhere deliver too).
+    pub(crate) fn log_sent(&mut self, source: Option<ShardId>, len: usize) {
+        if self.owners.is_empty() {
+            return;
+        }
+        match self.sent_log.back_mut() {
+            Some((last, n)) if *last == source => *n += len,
+            _ => self.sent_log.push_back((source, len)),
+        }
     }
 }
 
@@ -218,7 +272,17 @@ impl<S: BodyStore> Shard<S> {
             self.drop_subscription(conn, slot);
         }
         self.detach_talkers(conn);
-        self.take_session(conn);
+        if let Some(session) = self.take_session(conn) {
+            for shard in session.owners {
+                self.actions.push_back(Action::ToShard {
+                    shard,
+                    msg: PeerMessage::Detach { conn },
+                });
+            }
+            if let Some(origin) = session.remote {
+                self.proxies.remove(&origin);
+            }
+        }
     }
 
     /// Sends `error` with a closing code and closes the connection.
@@ -234,8 +298,15 @@ impl<S: BodyStore> Shard<S> {
         if self.session(conn).is_none() {
             return;
         }
+        let remote = self.session(conn).and_then(|s| s.remote);
         self.remove_session(conn);
-        self.actions.push_back(Action::Close { conn });
+        match remote {
+            Some((shard, their)) => self.actions.push_back(Action::ToShard {
+                shard,
+                msg: PeerMessage::Close { conn: their },
+            }),
+            None => self.actions.push_back(Action::Close { conn }),
+        }
     }
 
     pub(super) fn send_error(
@@ -274,9 +345,9 @@ impl<S: BodyStore> Shard<S> {
         let Some(session) = self.session_mut(conn) else {
             return;
         };
-        session.queued_bytes += bytes.len();
+        let action = session.output(conn, bytes);
         let over = session.queued_bytes > hard_max;
-        self.actions.push_back(Action::Send { conn, bytes });
+        self.actions.push_back(action);
         if over {
             self.close(conn);
         }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::conversation::{LiveMessage, MessagePhase, Talker};
 use super::session::{ConnId, TalkRoute, TalkStream};
 use super::store::{Appended, BodyStore, EndState, StoreAcks, StoreFault};
-use super::{HANDLES_REMEMBERED_MAX, Shard};
+use super::{HANDLES_REMEMBERED_MAX, RouteReleased, Shard};
 use crate::ids::{ConvName, MsgId};
 use crate::protocol::{
     ErrorCode, ErrorSubject, Event, FrameKind, MessageOutcome, Request, write_frame_event,
@@ -60,7 +60,7 @@ impl<S: BodyStore> Shard<S> {
             };
             return self.route_to_owner(conn, owner, request, about);
         }
-        let talks = self.session(conn).map_or(0, |s| s.talks.len());
+        let talks = self.session(conn).map_or(0, |s| s.talk_count());
         if talks >= usize::from(self.config.talk_streams_max) {
             return self.refuse_talk(
                 conn,
@@ -174,6 +174,7 @@ impl<S: BodyStore> Shard<S> {
                 && let Some(i) = old.talk(old_stream)
             {
                 old.talks.swap_remove(i);
+                self.release_route(old_conn, RouteReleased::TalkStream(old_stream), false);
             }
         }
         self.attach_talk(conn, stream, slot);
@@ -210,6 +211,12 @@ impl<S: BodyStore> Shard<S> {
     }
 
     fn remember_refused(&mut self, conn: ConnId, stream: u32) {
+        self.release_route(conn, RouteReleased::TalkStream(stream), true);
+        self.remember_refused_here(conn, stream);
+    }
+
+    /// Drops the handle's next frames silently (its talk start was refused).
+    pub(super) fn remember_refused_here(&mut self, conn: ConnId, stream: u32) {
         if let Some(session) = self.session_mut(conn) {
             session.reported_unknown.retain(|h| *h != stream);
             if !session.refused.contains(&stream) {
@@ -360,8 +367,8 @@ impl<S: BodyStore> Shard<S> {
                 m.live.swap_remove(i);
                 continue;
             }
-            session.queued_bytes += bytes.len();
-            self.actions.push_back(super::Action::Send { conn, bytes });
+            let action = session.output(conn, bytes);
+            self.actions.push_back(action);
             i += 1;
         }
     }
@@ -392,6 +399,7 @@ impl<S: BodyStore> Shard<S> {
         {
             session.talks.swap_remove(i);
         }
+        self.release_route(conn, RouteReleased::TalkStream(stream), false);
         if let Some(m) = self.messages.get_mut(slot) {
             m.talker = Talker::Gone;
         }
@@ -505,6 +513,7 @@ impl<S: BodyStore> Shard<S> {
                     frame_count,
                 },
             );
+            self.release_route(conn, RouteReleased::TalkStream(stream), false);
         }
         let Some(m) = self.messages.remove(slot) else {
             return;

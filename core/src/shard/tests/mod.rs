@@ -291,6 +291,15 @@ impl Host {
                 self.adopt(client, target, state);
             }
             Action::WakeAt(at) => self.wakes.push(at),
+            Action::ToShard { shard: to, msg } => {
+                let from = self.shards[shard].id();
+                let target = self
+                    .shards
+                    .iter()
+                    .position(|s| s.id() == to)
+                    .expect("a message to a shard of this host");
+                self.shards[target].handle_peer(self.now_us, from, msg);
+            }
         }
     }
 
