@@ -16,8 +16,10 @@
 //! `docs/shard.md` describes the state, the catch-up and slow-listener algorithms and the
 //! limits.
 
+mod acks;
 mod auth;
 mod conversation;
+mod history;
 mod limits;
 mod listener;
 mod memory_store;
