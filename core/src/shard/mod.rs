@@ -462,27 +462,25 @@ impl<S: BodyStore> Shard<S> {
         let mut queue = std::mem::take(&mut self.pump_queue);
         queue.sort_unstable();
         queue.dedup();
-        for conn in queue.drain(..) {
+        for conn in queue {
             self.pump(conn);
         }
-        // Pumping may have queued more (a page of a new timeline); it runs on the next input.
-        if queue.capacity() > self.pump_queue.capacity() {
-            std::mem::swap(&mut queue, &mut self.pump_queue);
-            self.pump_queue.append(&mut queue);
-        }
+        // Pumps that ran out of steps queued themselves again: they continue on a wake-up.
         self.schedule_wake();
     }
 
     fn schedule_wake(&mut self) {
-        let busy = self.session_count > 0 || self.messages.len() > 0 || !self.pump_queue.is_empty();
-        if !busy || self.wake_at.is_some() {
-            return;
-        }
         let at = if self.pump_queue.is_empty() {
+            if self.session_count == 0 && self.messages.len() == 0 {
+                return;
+            }
             self.now_us.saturating_add(self.config.timer_tick_ms * 1000)
         } else {
             self.now_us
         };
+        if self.wake_at.is_some_and(|t| t <= at) {
+            return;
+        }
         self.wake_at = Some(at);
         self.actions.push_back(Action::WakeAt(at));
     }

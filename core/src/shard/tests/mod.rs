@@ -1,6 +1,7 @@
 //! Shard tests: a harness that plays the glue (routes actions, decodes what a client would
 //! read, reports writes) and tests by concern.
 
+mod bounds;
 mod catch_up;
 mod limits;
 mod live;
