@@ -468,6 +468,7 @@ impl<S: BodyStore> Shard<S> {
                 _ => ended = Some((next_seq + frames.len() as u32, MessageOutcome::Truncated)),
             },
         }
+        let read_any = !frames.is_empty();
         for (seq, bytes) in frames.drain(..) {
             if seq == next_seq {
                 next_seq += 1;
@@ -475,6 +476,11 @@ impl<S: BodyStore> Shard<S> {
             }
         }
         self.replay_scratch = frames;
+        if read_any && next_seq == d.next_seq && ended.is_none() && !join_live {
+            // The store answered with frames other than the next one: it is inconsistent;
+            // end the stream rather than spin.
+            ended = Some((next_seq, MessageOutcome::Truncated));
+        }
         if let Some(d) = self
             .session_mut(conn)
             .and_then(|s| s.subs.get_mut(slot)?.as_mut()?.deliveries.get_mut(index))
