@@ -6,6 +6,7 @@ mod catch_up;
 mod limits;
 mod live;
 mod sessions;
+mod simulation;
 
 use std::collections::HashMap;
 
