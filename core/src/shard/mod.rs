@@ -369,8 +369,7 @@ impl<S: BodyStore> Shard<S> {
         if self.shutdown_close_at_us.is_some_and(|t| t <= now_us) {
             let conns: Vec<ConnId> = self.conn_ids().collect();
             for conn in conns {
-                self.remove_session(conn);
-                self.actions.push_back(Action::Close { conn });
+                self.close(conn);
             }
         }
         self.finish_input();
