@@ -90,6 +90,10 @@ impl<S: BodyStore> Shard<S> {
             _ => {}
         }
         if !session.owners.contains(&owner) {
+            if session.owners.is_empty() && session.queued_bytes > 0 {
+                // Bytes queued before the first owner came are this shard's.
+                session.sent_log.push_back((None, session.queued_bytes));
+            }
             session.owners.push(owner);
             let Some(grant) = session.grant.clone() else {
                 return;
