@@ -2,7 +2,8 @@
 //!
 //! What it is: the identifiers every host agrees on ([`ids`]), the wire protocol codec
 //! ([`protocol`]), the consistent-hash ownership map that names the owner shard of a
-//! conversation ([`map`]), and capability tokens ([`token`]).
+//! conversation ([`map`]), capability tokens ([`token`]), and the sans-IO shard state machine
+//! that makes every decision of the relay's live path ([`shard`]).
 //!
 //! What it is not: there are no sockets, threads, files or clock reads in this crate. Every
 //! function that depends on time takes `now` as an argument, so the same code runs under the
@@ -14,11 +15,14 @@
 //!   conversation name ──► ids::ConvId ──► map::Membership::owner ──► ShardId (host, core)
 //!                                                      │
 //!   hello token ──► token::Keyring::verify ──► Grant (rights, scope, expiry)
+//!
+//!   Request + now ──► shard::Shard ──► Action (Send bytes, Close, ToShard, HandOff, WakeAt)
 //! ```
 
 pub mod ids;
 pub mod map;
 pub mod protocol;
+pub mod shard;
 pub mod token;
 
 pub use ids::{ConvId, ConvName, HostId, MsgId, MsgIdGenerator, ShardId};
