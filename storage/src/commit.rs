@@ -1,7 +1,7 @@
 //! The hand-over between the store and whoever does the disk I/O: a [`CommitBatch`] leaves
 //! the store, is written and synced elsewhere, and comes back as a [`CommitDone`].
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use hark_core::MsgId;
 
 use crate::format::EndState;
+use crate::spare::{SpareRequest, SpareSegment, adopt_spare};
 
 /// One commit: block-aligned bytes to write at `offset` of one segment file and then sync.
 ///
@@ -26,6 +27,12 @@ pub struct CommitBatch {
     pub(crate) buf: Vec<u8>,
     pub(crate) sync_dir: Option<PathBuf>,
     pub(crate) hint: Option<HintWrite>,
+    /// A spare file to rename to `path` before the write (first commit of a segment that was
+    /// rolled into a spare); `sync_dir` is set with it, so the rename is durable with the
+    /// commit.
+    pub(crate) adopt_spare: Option<PathBuf>,
+    /// The store has no spare segment: an I/O layer that prepares spares starts one.
+    pub(crate) spare_wanted: Option<SpareRequest>,
 }
 
 /// A sealed segment's hint file, written after the batch (best effort, never synced).
@@ -33,14 +40,33 @@ pub struct CommitBatch {
 pub struct HintWrite {
     pub(crate) path: PathBuf,
     pub(crate) bytes: Vec<u8>,
+    /// The sealed segment file and its data bytes: a preallocated segment is cut to its data
+    /// first, so the hint's `segment_bytes` matches the file and the zero tail goes back to
+    /// the filesystem. Not synced: if the cut is lost, the next open rescans the segment
+    /// (its hint no longer matches) and rebuilds the hint.
+    pub(crate) trim_segment: Option<(PathBuf, u64)>,
 }
 
 impl HintWrite {
-    /// Writes the hint to a temporary name and renames it into place.
+    /// Cuts the sealed segment to its data, if asked, then writes the hint to a temporary
+    /// name and renames it into place.
     pub fn write_blocking(&self) -> io::Result<()> {
+        self.trim_segment_blocking()?;
         let tmp = self.path.with_extension("hint.tmp");
         std::fs::write(&tmp, &self.bytes)?;
         std::fs::rename(&tmp, &self.path)
+    }
+
+    /// Cuts the sealed segment to its data bytes (a no-op when it is not longer).
+    pub(crate) fn trim_segment_blocking(&self) -> io::Result<()> {
+        let Some((path, bytes)) = &self.trim_segment else {
+            return Ok(());
+        };
+        let file = OpenOptions::new().write(true).open(path)?;
+        if file.metadata()?.len() > *bytes {
+            file.set_len(*bytes)?;
+        }
+        Ok(())
     }
 }
 
@@ -71,10 +97,14 @@ impl CommitBatch {
             batch: self,
             result,
             hint_result,
+            spare: None,
         }
     }
 
     fn write_and_sync(&self) -> io::Result<()> {
+        if let Some(from) = &self.adopt_spare {
+            adopt_spare(from, &self.path)?;
+        }
         self.file.write_all_at(&self.buf, self.offset)?;
         self.file.sync_data()?;
         if let Some(dir) = &self.sync_dir {
@@ -105,6 +135,7 @@ impl CommitBatch {
             batch: self,
             result: Err(error),
             hint_result: None,
+            spare: None,
         }
     }
 
@@ -114,7 +145,13 @@ impl CommitBatch {
             batch: self,
             result,
             hint_result,
+            spare: None,
         }
+    }
+
+    /// What the store asks for: a spare segment to prepare (see [`crate::spare`]).
+    pub fn spare_wanted(&self) -> Option<&SpareRequest> {
+        self.spare_wanted.as_ref()
     }
 }
 
@@ -124,9 +161,17 @@ pub struct CommitDone {
     pub(crate) batch: CommitBatch,
     pub(crate) result: io::Result<()>,
     pub(crate) hint_result: Option<io::Result<()>>,
+    /// A spare segment the I/O layer prepared, handed to the store with the outcome.
+    pub(crate) spare: Option<SpareSegment>,
 }
 
 impl CommitDone {
+    /// Hands the store a prepared spare segment along with this outcome.
+    pub fn with_spare(mut self, spare: SpareSegment) -> Self {
+        self.spare = Some(spare);
+        self
+    }
+
     /// Whether the data write and sync succeeded.
     pub fn is_ok(&self) -> bool {
         self.result.is_ok()

@@ -36,6 +36,11 @@ pub struct StoreConfig {
     pub open_messages_max: usize,
     /// A segment rolls at the first commit that would take it past this size.
     pub segment_bytes_max: u64,
+    /// Segments are written with zeros to `segment_bytes_max` ahead of need (see
+    /// `spare.rs`), so commits overwrite allocated blocks: their fdatasync flushes no file
+    /// size. Costs one extra write of each segment's size, off the shard thread. Turn off for
+    /// huge segments or tests that do not want the extra disk writes.
+    pub preallocate_segments: bool,
     /// A segment rolls at the first commit after it is this old.
     pub segment_age_ms_max: u64,
     /// Bytes of records that may wait for a commit (disk slow or failing); beyond it appends
@@ -64,6 +69,7 @@ impl Default for StoreConfig {
             record_bytes_max: 16 * 1024,
             open_messages_max: 16 * 1024,
             segment_bytes_max: 64 * 1024 * 1024,
+            preallocate_segments: true,
             segment_age_ms_max: 60 * 60 * 1000,
             pending_bytes_max: 64 * 1024 * 1024,
             sender_bytes_max: 255,

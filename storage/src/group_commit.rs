@@ -14,6 +14,7 @@ use crate::format::{
 use crate::hint::SegmentHint;
 use crate::index::ChunkLoc;
 use crate::segment::{RecordSummary, hint_file_name, segment_path};
+use crate::spare::{SpareRequest, SpareSegment};
 use crate::store::{SegmentFile, Store};
 use crate::writer::{Inflight, PendingKind};
 
@@ -148,6 +149,12 @@ impl Store {
             end_offset: offset + buf.len() as u64,
         });
         w.last_commit_us = now_us;
+        let adopt_spare = if header_block {
+            w.adopt_spare.clone()
+        } else {
+            None
+        };
+        let spare_wanted = self.spare_wanted();
         Ok(CommitBatch {
             id,
             segment,
@@ -157,7 +164,34 @@ impl Store {
             buf,
             sync_dir: header_block.then(|| self.dir.clone()),
             hint,
+            adopt_spare,
+            spare_wanted,
         })
+    }
+
+    /// The spare segment the store would roll into next, when it has none ready.
+    fn spare_wanted(&self) -> Option<SpareRequest> {
+        if self.read_only || self.spare.is_some() || !self.config.preallocate_segments {
+            return None;
+        }
+        Some(SpareRequest {
+            dir: self.dir.clone(),
+            segment: self.writer.active + 1,
+            bytes: self.config.segment_bytes_max,
+        })
+    }
+
+    /// Keeps a spare the I/O layer prepared, if it is for the next segment. One for another
+    /// segment (the store rolled without it) is deleted: a short blocking unlink, only on
+    /// that rare path.
+    fn take_spare(&mut self, spare: SpareSegment) {
+        if self.spare.is_none() && spare.segment == self.writer.active + 1 {
+            self.spare = Some(spare);
+        } else {
+            // A leftover spare is harmless (removed on the next open), so a failed unlink
+            // is not reported.
+            let _ = std::fs::remove_file(&spare.path);
+        }
     }
 
     /// Seals the active segment and creates the next one when the next commit would pass
@@ -182,12 +216,24 @@ impl Store {
         }
         let next = w.active + 1;
         let path = segment_path(&self.dir, next);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("create segment", &path, e))?;
+        let (file, adopt_spare) = match self.spare.take() {
+            Some(spare) if spare.segment == next => (spare.file, Some(spare.path)),
+            stale => {
+                if let Some(spare) = stale {
+                    self.take_spare(spare);
+                }
+                // No spare ready (the I/O layer does not prepare them, or it is late):
+                // create the file here, a short blocking call on this rare path.
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| StoreError::io("create segment", &path, e))?;
+                (file, None)
+            }
+        };
+        let w = &self.writer;
         let old = w.active;
         let old_bytes = w.next_offset;
         let hint = self.segments.get_mut(&old).map(|seg| {
@@ -207,10 +253,12 @@ impl Store {
         w.next_offset = 0;
         w.commit_seq = 0;
         w.header_durable = false;
+        w.adopt_spare = adopt_spare;
         // A hint that cannot be encoded is skipped: the segment is rescanned on next open.
         Ok(hint.and_then(|h| h.encode().ok()).map(|bytes| HintWrite {
             path: self.dir.join(hint_file_name(old)),
             bytes,
+            trim_segment: Some((segment_path(&self.dir, old), old_bytes)),
         }))
     }
 
@@ -233,7 +281,11 @@ impl Store {
             batch,
             result,
             hint_result,
+            spare,
         } = done;
+        if let Some(spare) = spare {
+            self.take_spare(spare);
+        }
         if let Err(error) = result {
             self.restore_failed(inflight, batch.buf);
             return Err(StoreError::commit(error));
@@ -250,6 +302,7 @@ impl Store {
         w.next_offset = inflight.end_offset;
         w.commit_seq = inflight.commit_seq;
         w.header_durable = true;
+        w.adopt_spare = None;
         let mut records = inflight.records;
         records.clear();
         w.records_spare = records;

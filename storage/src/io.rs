@@ -13,6 +13,10 @@
 //!  store.commit_completed(done) ◄─ CommitDone ◄─────────── wake byte + result ◄──┘
 //! ```
 //!
+//! Both modes also run a housekeeping thread (`housekeeping.rs`) that prepares the next
+//! segment file ahead of need (zeroed and synced, so commits overwrite allocated blocks) and
+//! removes the files retention dropped.
+//!
 //! The shard's runtime must park now and then (wait on a timer or a socket) for the commit to
 //! finish: monoio reaps io_uring completions and fires timers when it parks, so a task that
 //! only ever yields starves the commit (measured in `perf/src/bin/store-bench.rs`).
@@ -28,6 +32,9 @@ use std::thread::JoinHandle;
 use monoio::io::AsyncReadRent;
 
 use crate::commit::{CommitBatch, CommitDone, HintWrite};
+use crate::housekeeping::Housekeeper;
+use crate::retention::RetentionPlan;
+use crate::spare::adopt_spare;
 
 /// How a shard's commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +62,8 @@ impl IoMode {
 #[derive(Debug)]
 pub struct Committer {
     inner: Inner,
+    /// Prepares spare segments and removes retention's files, off the shard thread.
+    house: Housekeeper,
 }
 
 #[derive(Debug)]
@@ -97,7 +106,10 @@ impl Committer {
                 }
             }
         };
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            house: Housekeeper::start()?,
+        })
     }
 
     /// Which mode this committer runs in.
@@ -108,8 +120,34 @@ impl Committer {
         }
     }
 
-    /// Writes and syncs `batch`; the result goes to `Store::commit_completed`.
-    pub async fn commit(&mut self, batch: CommitBatch) -> CommitDone {
+    /// Writes and syncs `batch`; the result goes to `Store::commit_completed`. When the store
+    /// asks for a spare segment, the housekeeping thread starts preparing it; a prepared one
+    /// travels back to the store with a later result.
+    pub async fn commit(&mut self, mut batch: CommitBatch) -> CommitDone {
+        self.house.tend(batch.spare_wanted.take());
+        let done = self.commit_batch(batch).await;
+        match self.house.take_spare() {
+            Some(spare) => done.with_spare(spare),
+            None => done,
+        }
+    }
+
+    /// Removes the files of a retention plan on the housekeeping thread (unlinks block).
+    /// Hands the plan back when the housekeeping queue ([`crate::housekeeping::HOUSEKEEPING_QUEUE_MAX`]) is full
+    /// or its thread is gone: retry later, or call [`RetentionPlan::remove_files`].
+    pub fn remove_files_later(&mut self, plan: RetentionPlan) -> Result<(), RetentionPlan> {
+        self.house.remove_files(plan)
+    }
+
+    /// The latest error of the housekeeping thread (a spare segment that could not be
+    /// prepared, a file that could not be removed), once. Harmless to the data: without a
+    /// spare the store creates segment files itself; a file left behind is removed again by
+    /// retention after the next open.
+    pub fn take_housekeeping_error(&mut self) -> Option<io::Error> {
+        self.house.take_error()
+    }
+
+    async fn commit_batch(&mut self, batch: CommitBatch) -> CommitDone {
         match &mut self.inner {
             Inner::Ring { file } => commit_ring(file, batch).await,
             Inner::Thread {
@@ -200,6 +238,12 @@ async fn commit_ring(
     let Some((_, file)) = cached.as_ref() else {
         return batch.fail(io::Error::other("segment file not open"));
     };
+    if let Some(from) = &batch.adopt_spare {
+        // A rename is a short metadata operation; monoio has no rename op without a feature.
+        if let Err(e) = adopt_spare(from, &batch.path) {
+            return batch.fail(e);
+        }
+    }
     let buf = std::mem::take(&mut batch.buf);
     let (written, buf) = file.write_all_at(buf, batch.offset).await;
     batch.buf = buf;
@@ -224,6 +268,8 @@ async fn sync_dir_ring(dir: &std::path::Path) -> io::Result<()> {
 }
 
 async fn write_hint_ring(hint: &HintWrite) -> io::Result<()> {
+    // Cutting the sealed segment's zero tail frees extents: a short metadata operation.
+    hint.trim_segment_blocking()?;
     let tmp = hint.path.with_extension("hint.tmp");
     let file = monoio::fs::File::create(&tmp).await?;
     let (written, _) = file.write_all_at(hint.bytes.clone(), 0).await;

@@ -15,8 +15,13 @@
 //!      └─► CommitAcks { durable: (MsgId, durable_through_seq), ended }  ─► stored-acks
 //!  replay_from / replay_next ─► frames (pread, checksummed) + where live begins
 //!  timeline(conv, since | after, limit) ─► MessageInfo
-//!  apply_retention(now_us) ─► RetentionPlan (whole sealed segments)
+//!  apply_retention(now_us) ─► RetentionPlan (whole sealed segments) ─► Committer::remove_files_later
 //! ```
+//!
+//! Segments are preallocated (`StoreConfig::preallocate_segments`): the committer's
+//! housekeeping thread writes the next segment file with zeros ahead of need and it travels to
+//! the store with a commit result, so commits overwrite allocated blocks instead of growing the
+//! file. Call [`Store::preallocate_open_segment`] once after [`Store::open`] for the first one.
 //!
 //! ```
 //! use hark_core::{ConvId, MsgId, ShardId};
@@ -48,11 +53,13 @@ pub mod error;
 pub mod format;
 mod group_commit;
 pub mod hint;
+pub mod housekeeping;
 mod index;
 pub mod io;
 pub mod replay;
 pub mod retention;
 pub mod segment;
+pub mod spare;
 mod store;
 mod writer;
 
@@ -68,5 +75,6 @@ pub use io::{Committer, IoMode};
 pub use replay::{FrameBatch, ReplayCursor, ReplayStatus};
 pub use retention::RetentionPlan;
 pub use segment::DroppedRange;
+pub use spare::{SpareRequest, SpareSegment};
 pub use store::{MessageInfo, OpenReport, Store, TIMELINE_LIMIT_MAX, TimelineFrom};
 pub use writer::Appended;

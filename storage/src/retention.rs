@@ -28,15 +28,9 @@ impl RetentionPlan {
     /// Removes the files. Blocking (unlink): call it off the shard thread, or accept a short
     /// stall. A file already gone is not an error. If the process dies before this runs,
     /// the segments reappear on the next open and retention removes them again.
+    /// [`crate::Committer::remove_files_later`] does it on the housekeeping thread.
     pub fn remove_files(&self) -> io::Result<()> {
-        for path in &self.files {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        crate::housekeeping::remove_all(&self.files)
     }
 }
 

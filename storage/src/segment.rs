@@ -156,6 +156,9 @@ pub struct SegmentScan {
     pub dropped: Vec<DroppedRange>,
     /// Bytes in the file when scanned.
     pub file_bytes: u64,
+    /// Everything after `valid_end` is zero: preallocated space, not damage (also true when
+    /// nothing follows the log).
+    pub zero_tail: bool,
 }
 
 /// Why a segment could not be scanned at all.
@@ -212,7 +215,11 @@ pub fn scan_segment(segment: u32, bytes: &[u8]) -> Result<SegmentScan, ScanFault
         last_commit_seq = commit.commit_seq;
         pos = end;
     }
-    if pos < len {
+    let zero_tail = bytes
+        .get(pos..)
+        .is_none_or(|tail| tail.iter().all(|b| *b == 0));
+    // A zero tail is a preallocated segment's unused space: nothing was lost there.
+    if pos < len && !zero_tail {
         dropped.push(DroppedRange {
             segment,
             from_offset: pos as u64,
@@ -226,6 +233,7 @@ pub fn scan_segment(segment: u32, bytes: &[u8]) -> Result<SegmentScan, ScanFault
         last_commit_seq,
         dropped,
         file_bytes: len as u64,
+        zero_tail,
     })
 }
 

@@ -18,6 +18,7 @@ use crate::segment::{
     DroppedRange, RecordSummary, ScanFault, SegmentScan, hint_file_name, parse_segment_file_name,
     scan_segment, segment_path,
 };
+use crate::spare::{SpareSegment, remove_stale_spares};
 use crate::writer::Writer;
 
 /// Name of the file that carries the store format version.
@@ -120,6 +121,8 @@ pub struct Store {
     pub(crate) index: Index,
     pub(crate) writer: Writer,
     pub(crate) newest_msg: Option<MsgId>,
+    /// A zeroed segment file ready for the next roll (see `spare.rs`).
+    pub(crate) spare: Option<SpareSegment>,
     /// The latest time seen in `poll_commit`; appends stamp record deadlines with it.
     pub(crate) now_us: u64,
 }
@@ -161,6 +164,9 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create dir", dir, e))?;
         }
         check_format_file(dir, !read_only)?;
+        if !read_only {
+            remove_stale_spares(dir).map_err(|e| StoreError::io("remove stale spares", dir, e))?;
+        }
         let ids = list_segments(dir)?;
         let mut store = Self {
             dir: dir.to_path_buf(),
@@ -171,6 +177,7 @@ impl Store {
             index: Index::default(),
             writer: Writer::new(0, 0, 0, false),
             newest_msg: None,
+            spare: None,
             now_us,
         };
         let mut report = OpenReport {
@@ -247,7 +254,10 @@ impl Store {
                 return self.create_segment(id, now_us);
             }
         };
-        if scan.file_bytes != scan.valid_end {
+        // A preallocated segment keeps its zero tail: appends continue in place. Anything
+        // else after the log (a torn commit) is cut, so no stale block can follow a newer
+        // commit.
+        if scan.file_bytes != scan.valid_end && !scan.zero_tail {
             file.set_len(scan.valid_end)
                 .and_then(|()| file.sync_all())
                 .map_err(|e| StoreError::io("truncate segment", &path, e))?;
@@ -303,9 +313,13 @@ impl Store {
         }
         self.segments.insert(id, seg);
         if !self.read_only {
+            // A sealed segment still preallocated (its cut was lost in a crash) is cut to its
+            // data now, so the hint matches the file.
+            let trim = scan.zero_tail && scan.valid_end < file_bytes;
+            let segment_bytes = if trim { scan.valid_end } else { file_bytes };
             let hint = SegmentHint {
                 segment: id,
-                segment_bytes: file_bytes,
+                segment_bytes,
                 created_us: scan.header.created_us,
                 records: scan.records,
             };
@@ -314,6 +328,7 @@ impl Store {
                 let write = crate::commit::HintWrite {
                     path: hint_path,
                     bytes,
+                    trim_segment: trim.then(|| (path.clone(), segment_bytes)),
                 };
                 if write.write_blocking().is_ok() {
                     report.hints_rebuilt += 1;
@@ -419,6 +434,28 @@ impl Store {
         } else {
             Ok(())
         }
+    }
+
+    /// Preallocates the open segment to `segment_bytes_max`: writes zeros from the end of the
+    /// file on and fsyncs, so its commits overwrite allocated blocks like those of later
+    /// segments (which the I/O layer prepares as spares). Blocking and disk-heavy (up to a
+    /// whole segment of writes): call it after [`Store::open`], before the shard serves. A
+    /// no-op on a read-only store, with `preallocate_segments` off, or on a file already
+    /// that long.
+    pub fn preallocate_open_segment(&mut self) -> Result<(), StoreError> {
+        if self.read_only || !self.config.preallocate_segments {
+            return Ok(());
+        }
+        let Some(seg) = self.segments.get(&self.writer.active) else {
+            return Ok(());
+        };
+        let path = segment_path(&self.dir, self.writer.active);
+        let err = |e| StoreError::io("preallocate segment", &path, e);
+        let from = seg.file.metadata().map_err(err)?.len();
+        let never = std::sync::atomic::AtomicBool::new(false);
+        crate::spare::write_zeros(&seg.file, from, self.config.segment_bytes_max, &never)
+            .map_err(err)?;
+        seg.file.sync_all().map_err(err)
     }
 
     /// The store's directory.

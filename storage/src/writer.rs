@@ -110,6 +110,9 @@ pub(crate) struct Writer {
     pub(crate) last_commit_us: u64,
     /// Roll the active segment at the next commit (operator request).
     pub(crate) seal_requested: bool,
+    /// The spare file the active segment was rolled into, until its first commit (which
+    /// renames it into place) is durable.
+    pub(crate) adopt_spare: Option<std::path::PathBuf>,
     pub(crate) buffers: Vec<Vec<u8>>,
     pub(crate) records_spare: Vec<PendingRecord>,
     pub(crate) chunk_pool: Vec<Vec<u8>>,
@@ -135,6 +138,7 @@ impl Writer {
             header_durable,
             last_commit_us: 0,
             seal_requested: false,
+            adopt_spare: None,
             buffers: Vec::new(),
             records_spare: Vec::new(),
             chunk_pool: Vec::new(),

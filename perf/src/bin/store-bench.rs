@@ -227,7 +227,11 @@ fn temp_store(
             path: parent.to_path_buf(),
             source: e,
         })?;
-    let (store, _) = Store::open(dir.path(), SHARD, config, wall_us())?;
+    let (mut store, _) = Store::open(dir.path(), SHARD, config, wall_us())?;
+    // As a relay does at startup: later segments come preallocated from the committer.
+    if store.config().preallocate_segments {
+        store.preallocate_open_segment()?;
+    }
     Ok((dir, store))
 }
 
@@ -280,6 +284,9 @@ async fn commit_loop(
                     .record(started.elapsed().as_micros() as u64);
                 if let Err(e) = store.borrow_mut().commit_completed(done) {
                     eprintln!("commit failed: {e}");
+                }
+                if let Some(e) = committer.take_housekeeping_error() {
+                    eprintln!("housekeeping: {e}");
                 }
             }
             Ok(None) if stop.get() && !store.borrow().commit_in_flight() => {
@@ -393,6 +400,8 @@ fn append_peak(
         open_messages_max: messages.max(1),
         pending_bytes_max: 256 * 1024 * 1024,
         segment_bytes_max: 1 << 30,
+        // A 1 GiB segment of zeros would dominate this run.
+        preallocate_segments: false,
         ..StoreConfig::default()
     };
     let (_dir, store) = temp_store(parent, config)?;
@@ -502,6 +511,8 @@ fn replay(parent: &Path, frames: u32, frame_bytes: usize, repeats: u32) -> Resul
 fn recovery(parent: &Path, mb: u64) -> Result<f64, StoreError> {
     let config = StoreConfig {
         segment_bytes_max: 1 << 30,
+        // A 1 GiB segment of zeros would dominate this run.
+        preallocate_segments: false,
         open_messages_max: 1000,
         ..StoreConfig::default()
     };
