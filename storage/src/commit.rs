@@ -179,13 +179,7 @@ impl CommitDone {
 }
 
 /// The highest frame of a message now durable: the relay sends a stored-ack from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurableAck {
-    /// The message.
-    pub msg: MsgId,
-    /// Every frame with a sequence number up to and including this one is durable.
-    pub durable_through_seq: u32,
-}
+pub use hark_core::shard::DurableAck;
 
 /// What a successful commit made durable.
 #[derive(Debug, Default)]

@@ -70,29 +70,23 @@ impl RecordKind {
     }
 }
 
-/// How a message ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EndState {
-    /// The talker ended it; every frame it sent before the end is stored.
-    Complete,
-    /// It was cut: the talker vanished, the relay crashed, or a frame went missing. The
-    /// frames stored are a gap-free prefix of what was sent.
-    Truncated,
+/// How a message ended: hark-core's vocabulary, shared with the shard logic.
+pub use hark_core::shard::EndState;
+
+/// The End record's flag byte for `state`.
+pub(crate) fn end_state_flag(state: EndState) -> u8 {
+    match state {
+        EndState::Complete => 0,
+        EndState::Truncated => 1,
+    }
 }
 
-impl EndState {
-    pub(crate) fn flag(self) -> u8 {
-        match self {
-            Self::Complete => 0,
-            Self::Truncated => 1,
-        }
-    }
-    pub(crate) fn from_flag(flag: u8) -> Self {
-        if flag == 0 {
-            Self::Complete
-        } else {
-            Self::Truncated
-        }
+/// The end state an End record's flag byte names (any non-zero flag reads as truncated).
+pub(crate) fn end_state_from_flag(flag: u8) -> EndState {
+    if flag == 0 {
+        EndState::Complete
+    } else {
+        EndState::Truncated
     }
 }
 
@@ -315,7 +309,7 @@ impl<'a> Record<'a> {
         if self.kind != RecordKind::End || p.len() != END_PAYLOAD_BYTES {
             return Err(RecordFault::Malformed);
         }
-        Ok((le_u32(p, 0), le_u64(p, 8), EndState::from_flag(self.flags)))
+        Ok((le_u32(p, 0), le_u64(p, 8), end_state_from_flag(self.flags)))
     }
 
     /// Frames payload prefix: (first sequence number, frame count).
@@ -406,7 +400,7 @@ pub fn encode_end(
     duration_us: u64,
     state: EndState,
 ) {
-    let start = begin_record(out, RecordKind::End, state.flag(), msg);
+    let start = begin_record(out, RecordKind::End, end_state_flag(state), msg);
     out.extend_from_slice(&frame_count.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&duration_us.to_le_bytes());

@@ -50,14 +50,7 @@ pub struct ChunkLoc {
     pub first_seq: u32,
 }
 
-/// Whether a message is still being written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MessageState {
-    /// Its talker has not ended it yet.
-    Open,
-    /// It is over.
-    Ended(EndState),
-}
+pub use hark_core::shard::MessageState;
 
 /// Everything the index knows about one message.
 #[derive(Debug)]

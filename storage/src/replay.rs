@@ -13,7 +13,7 @@ use std::sync::Arc;
 use hark_core::MsgId;
 
 use crate::error::StoreError;
-use crate::format::{EndState, Record, RecordKind};
+use crate::format::{Record, RecordKind};
 use crate::index::MessageState;
 use crate::segment::segment_path;
 use crate::store::Store;
@@ -82,25 +82,7 @@ impl FrameBatch {
 }
 
 /// Where a replay stands after a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayStatus {
-    /// More durable frames are ready: call again.
-    More,
-    /// Every durable frame has been returned. The message is still being written (or its
-    /// last frames are not durable yet): frames from `live_from_seq` on come from the live
-    /// path, or from replay after a later commit.
-    CaughtUp {
-        /// First sequence number not yet durable.
-        live_from_seq: u32,
-    },
-    /// Every frame of the message has been returned and the message is over.
-    Ended {
-        /// Frames in the message.
-        frame_count: u32,
-        /// How it ended.
-        state: EndState,
-    },
-}
+pub use hark_core::shard::ReplayStatus;
 
 impl Store {
     /// A cursor on `msg` starting at frame `from_seq`.

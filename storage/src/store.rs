@@ -102,13 +102,7 @@ pub struct MessageInfo {
 }
 
 /// Where a timeline query starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimelineFrom {
-    /// Messages that started at or after this time (µs since the Unix epoch).
-    Since(u64),
-    /// Messages after this one.
-    After(MsgId),
-}
+pub use hark_core::shard::TimelineFrom;
 
 /// The body store and header index of one shard. See the crate docs.
 #[derive(Debug)]

@@ -232,14 +232,7 @@ impl Writer {
 }
 
 /// What `append` did with a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    /// The frame is stored (in memory; durable after a commit).
-    Stored,
-    /// A frame with this sequence number was stored before (a resumed talker resent it);
-    /// nothing changed.
-    Duplicate,
-}
+pub use hark_core::shard::Appended;
 
 impl Store {
     /// Starts message `msg` of conversation `conv`. In memory only; the Start record becomes

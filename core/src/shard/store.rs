@@ -1,6 +1,8 @@
-//! The body store as the shard sees it: a trait mirroring hark-storage's in-memory API, so the
+//! The body store as the shard sees it: a trait over hark-storage's in-memory API, so the
 //! relay implements it for `hark_storage::Store` with a thin adapter (hark-storage depends on
-//! hark-core, not the other way round). [`super::MemoryStore`] implements it for tests and
+//! hark-core, not the other way round). The vocabulary types here (`EndState`,
+//! `MessageState`, `TimelineFrom`, `ReplayStatus`, `Appended`, `DurableAck`) are the ones
+//! hark-storage itself uses. [`super::MemoryStore`] implements it for tests and
 //! simulations.
 //!
 //! Every call is in-memory work on the shard thread. Durability happens outside: the glue
