@@ -14,7 +14,7 @@
 //!  commit_completed(done) ◄──────────────────────────── CommitDone
 //!      └─► CommitAcks { durable: (MsgId, durable_through_seq), ended }  ─► stored-acks
 //!  replay_from / replay_next ─► frames (pread, checksummed) + where live begins
-//!  timeline(conv, since | after, limit) ─► MessageInfo
+//!  timeline(conv, since | after, limit) ─► MessageHeader
 //!  apply_retention(now_us) ─► RetentionPlan (whole sealed segments) ─► Committer::remove_files_later
 //! ```
 //!
@@ -76,5 +76,5 @@ pub use replay::{FrameBatch, ReplayCursor, ReplayStatus};
 pub use retention::RetentionPlan;
 pub use segment::DroppedRange;
 pub use spare::{SpareRequest, SpareSegment};
-pub use store::{MessageInfo, OpenReport, Store, TIMELINE_LIMIT_MAX, TimelineFrom};
+pub use store::{MessageHeader, OpenReport, Store, TIMELINE_LIMIT_MAX, TimelineFrom};
 pub use writer::Appended;

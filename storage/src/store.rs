@@ -78,28 +78,9 @@ pub struct OpenReport {
     pub orphan_records: u64,
 }
 
-/// A message's header, as timeline queries return it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageInfo {
-    /// The message.
-    pub msg: MsgId,
-    /// Its conversation.
-    pub conv: ConvId,
-    /// Who talked.
-    pub sender: Vec<u8>,
-    /// Codec metadata given at start.
-    pub codec: Vec<u8>,
-    /// Start time, µs since the Unix epoch.
-    pub start_us: u64,
-    /// Frames accepted so far (all of them once ended).
-    pub frame_count: u32,
-    /// Frames durable: 0..frames_durable can be replayed.
-    pub frames_durable: u32,
-    /// Duration, once ended (0 when a crash cut it).
-    pub duration_us: Option<u64>,
-    /// Open, or how it ended.
-    pub state: MessageState,
-}
+/// A message's header, as `message_info` and timeline queries return it (hark-core's type:
+/// its start time is `msg.start_us()`).
+pub use hark_core::shard::MessageHeader;
 
 /// Where a timeline query starts.
 pub use hark_core::shard::TimelineFrom;
@@ -494,14 +475,13 @@ impl Store {
     }
 
     /// The header of one message.
-    pub fn message_info(&self, msg: MsgId) -> Option<MessageInfo> {
+    pub fn message_info(&self, msg: MsgId) -> Option<MessageHeader> {
         let entry = self.index.messages.get(&msg)?;
-        Some(MessageInfo {
+        Some(MessageHeader {
             msg,
             conv: entry.conv,
             sender: entry.sender.to_vec(),
             codec: entry.codec.to_vec(),
-            start_us: msg.start_us(),
             frame_count: self
                 .writer
                 .open
@@ -515,7 +495,7 @@ impl Store {
 
     /// Messages of `conv` from `from` on, oldest first, at most `limit` (capped at
     /// [`TIMELINE_LIMIT_MAX`]).
-    pub fn timeline(&self, conv: ConvId, from: TimelineFrom, limit: usize) -> Vec<MessageInfo> {
+    pub fn timeline(&self, conv: ConvId, from: TimelineFrom, limit: usize) -> Vec<MessageHeader> {
         let Some(timeline) = self.index.timelines.get(&conv) else {
             return Vec::new();
         };
