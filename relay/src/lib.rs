@@ -11,5 +11,16 @@
 //!  │ logic  ◄── inbox ◄───┼─────────────── │ ◄── outbox           │
 //!  └──────────────────────┘   doorbell     └──────────────────────┘
 //! ```
+//!
+//! | module | concept |
+//! |---|---|
+//! | `runtime` | shard threads, connections, timers, commits, start-up and drain |
+//! | `mesh` | the bounded SPSC queues between shards, with doorbells |
+//! | `store` | the shard's body store: its own store plus the archive of other directories |
+//! | `signals` | SIGTERM / SIGINT as events |
 
 pub mod mesh;
+pub mod metrics;
+pub mod runtime;
+pub mod signals;
+pub mod store;

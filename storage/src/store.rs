@@ -474,6 +474,13 @@ impl Store {
         self.segments.keys().copied().collect()
     }
 
+    /// Conversations with at least one message in the index, in no particular order. The
+    /// relay uses it after a restart with another shard count to find the store directories
+    /// that hold history of conversations now owned by other shards.
+    pub fn conversations(&self) -> impl Iterator<Item = ConvId> + '_ {
+        self.index.timelines.keys().copied()
+    }
+
     /// The header of one message.
     pub fn message_info(&self, msg: MsgId) -> Option<MessageHeader> {
         let entry = self.index.messages.get(&msg)?;

@@ -472,6 +472,7 @@ impl<S: BodyStore> Shard<S> {
         for (seq, bytes) in frames.drain(..) {
             if seq == next_seq {
                 next_seq += 1;
+                self.tally.frame_events_out += 1;
                 self.send(conn, bytes);
             }
         }

@@ -101,6 +101,20 @@ pub enum Action {
     WakeAt(u64),
 }
 
+/// Running totals of what the shard did, for the relay's metrics (plain counters: the shard
+/// is single-threaded and the glue publishes copies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardTally {
+    /// Frame events queued for connections (live and replay).
+    pub frame_events_out: u64,
+    /// Live listeners that fell back to replay because their send queue was full.
+    pub slow_listener_fallbacks: u64,
+    /// Messages started on this shard.
+    pub messages_started: u64,
+    /// Messages ended on this shard (complete or truncated).
+    pub messages_ended: u64,
+}
+
 /// The answer to [`Shard::connection_opened`].
 #[derive(Debug, Clone)]
 pub enum Opened {
@@ -147,6 +161,7 @@ pub struct Shard<S: BodyStore> {
     wake_at: Option<u64>,
     shutdown_close_at_us: Option<u64>,
     now_us: u64,
+    tally: ShardTally,
 }
 
 impl<S: BodyStore> Shard<S> {
@@ -193,6 +208,7 @@ impl<S: BodyStore> Shard<S> {
             wake_at: None,
             shutdown_close_at_us: None,
             now_us,
+            tally: ShardTally::default(),
         }
     }
 
@@ -225,6 +241,11 @@ impl<S: BodyStore> Shard<S> {
     /// Connections served now.
     pub fn connection_count(&self) -> usize {
         self.session_count
+    }
+
+    /// What the shard did so far.
+    pub fn tally(&self) -> ShardTally {
+        self.tally
     }
 
     /// Messages open or ending on this shard.

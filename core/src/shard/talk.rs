@@ -118,6 +118,7 @@ impl<S: BodyStore> Shard<S> {
             let (code, text) = fault_code(&fault);
             return self.refuse_talk(conn, stream, code, &text);
         }
+        self.tally.messages_started += 1;
         let handle = self.allocate_handle();
         let slot = self.messages.insert(LiveMessage {
             msg,
@@ -357,6 +358,7 @@ impl<S: BodyStore> Shard<S> {
             };
             if session.queued_bytes + bytes.len() > queue_max {
                 // Slow listener: stop live delivery at this frame; replay picks it up.
+                self.tally.slow_listener_fallbacks += 1;
                 if let Some(Some(sub)) = session.subs.get_mut(usize::from(listener.listener.slot)) {
                     sub.live = false;
                     if let Some(d) = sub.deliveries.iter_mut().find(|d| d.msg == m.msg) {
@@ -369,6 +371,7 @@ impl<S: BodyStore> Shard<S> {
             }
             let action = session.output(conn, bytes);
             self.actions.push_back(action);
+            self.tally.frame_events_out += 1;
             i += 1;
         }
     }
@@ -417,6 +420,7 @@ impl<S: BodyStore> Shard<S> {
         }
         m.phase = MessagePhase::Ending(state);
         let (msg, accepted, handle) = (m.msg, m.accepted, m.handle);
+        self.tally.messages_ended += 1;
         let live = std::mem::take(&mut m.live);
         let outcome = outcome_of(state);
         let ended = Event::MessageEnded {
