@@ -5,7 +5,7 @@
 //! `await`, so the shard sees its inputs one at a time, in the order they happened.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use bytes::BytesMut;
@@ -45,6 +45,46 @@ pub(crate) struct HandOffSocket {
     pub(crate) state: SessionHandoff,
 }
 
+/// The connections a shard serves, indexed like the shard's own session slab (`ConnId::index`),
+/// so finding a fan-out's connection is an array index and a generation check.
+#[derive(Debug, Default)]
+pub(crate) struct ConnTable {
+    slots: Vec<Option<Rc<Conn>>>,
+    len: usize,
+}
+
+impl ConnTable {
+    pub(crate) fn insert(&mut self, id: ConnId, conn: Rc<Conn>) {
+        let index = id.index as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        if self.slots[index].replace(conn).is_none() {
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn get(&self, id: &ConnId) -> Option<&Rc<Conn>> {
+        self.slots
+            .get(id.index as usize)?
+            .as_ref()
+            .filter(|c| c.id == *id)
+    }
+
+    pub(crate) fn remove(&mut self, id: &ConnId) -> Option<Rc<Conn>> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.as_ref().is_some_and(|c| c.id == *id) {
+            self.len -= 1;
+            return slot.take();
+        }
+        None
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// One shard thread's state; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Ctx {
@@ -53,7 +93,7 @@ pub(crate) struct Ctx {
     pub(crate) me: usize,
     /// Every shard of the host by mesh index.
     pub(crate) shard_ids: Rc<[ShardId]>,
-    pub(crate) conns: HashMap<ConnId, Rc<Conn>>,
+    pub(crate) conns: ConnTable,
     pub(crate) outbox: Outbox<MeshItem>,
     lane_capacity: usize,
     /// Items for a full lane, per target, sent before anything newer to that target.
@@ -91,7 +131,7 @@ impl Ctx {
             shard,
             me,
             shard_ids,
-            conns: HashMap::new(),
+            conns: ConnTable::default(),
             outbox,
             lane_capacity,
             overflow: (0..lanes).map(|_| VecDeque::new()).collect(),
