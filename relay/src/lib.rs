@@ -13,3 +13,4 @@
 //! ```
 
 pub mod mesh;
+pub mod metrics;
