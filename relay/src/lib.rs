@@ -12,5 +12,6 @@
 //!  └──────────────────────┘   doorbell     └──────────────────────┘
 //! ```
 
+pub mod admin;
 pub mod mesh;
 pub mod metrics;
