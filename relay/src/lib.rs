@@ -18,7 +18,9 @@
 //! | `mesh` | the bounded SPSC queues between shards, with doorbells |
 //! | `store` | the shard's body store: its own store plus the archive of other directories |
 //! | `signals` | SIGTERM / SIGINT as events |
+//! | `metrics`, `admin` | per-shard statistics and the Prometheus / health endpoint |
 
+pub mod admin;
 pub mod mesh;
 pub mod metrics;
 pub mod runtime;
