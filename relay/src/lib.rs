@@ -12,4 +12,6 @@
 //!  └──────────────────────┘   doorbell     └──────────────────────┘
 //! ```
 
+pub mod config;
 pub mod mesh;
+pub mod secret;
