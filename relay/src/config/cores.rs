@@ -78,7 +78,8 @@ pub(crate) fn parse_cores(text: &str) -> Result<Vec<usize>, CoreListError> {
     Ok(set.ids())
 }
 
-/// Writes sorted, distinct ids in the notation [`parse_cores`] reads, runs as ranges:
+/// Writes sorted, distinct ids in the notation [`parse_core_list`](super::parse_core_list)
+/// reads, runs as ranges:
 /// `[0, 1, 2, 3, 6]` becomes `0-3,6`.
 pub fn render_core_list(ids: &[usize]) -> String {
     let mut out = String::new();
