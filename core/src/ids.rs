@@ -156,7 +156,8 @@ impl fmt::Display for HostId {
 pub struct ShardId {
     /// The host the shard runs on.
     pub host: HostId,
-    /// The shard's core number on that host.
+    /// The shard's number on that host: its index in the host's core list (not the CPU id;
+    /// see docs/decisions.md).
     pub core: u16,
 }
 

@@ -18,11 +18,14 @@
 //! | `mesh` | the bounded SPSC queues between shards, with doorbells |
 //! | `store` | the shard's body store: its own store plus the archive of other directories |
 //! | `signals` | SIGTERM / SIGINT as events |
+//! | `config`, `secret` | flags and TOML config, the secret file bootstrap |
 //! | `metrics`, `admin` | per-shard statistics and the Prometheus / health endpoint |
 
 pub mod admin;
+pub mod config;
 pub mod mesh;
 pub mod metrics;
 pub mod runtime;
+pub mod secret;
 pub mod signals;
 pub mod store;
