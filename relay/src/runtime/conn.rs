@@ -36,7 +36,7 @@ const WRITE_BYTES_MAX: usize = 256 * 1024;
 /// The reader keeps at least this much room free before it reads.
 const READ_ROOM_MIN: usize = 1024;
 /// What the reader's buffer grows by when it needs room.
-const READ_CHUNK_BYTES: usize = 8 * 1024;
+const READ_CHUNK_BYTES: usize = 4 * 1024;
 /// How long a connection the shard closed may take to write what was queued for it before
 /// the socket is shut down regardless (a client that stopped reading).
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(5);
@@ -306,11 +306,22 @@ async fn write_loop(ctx: SharedCtx, conn: Rc<Conn>, mut writer: OwnedWriteHalf<T
         batch = back;
         let written = match result {
             Ok(n) => n,
-            Err(_) => {
-                // Anything but a clean write: the connection is dead. The reader notices too
-                // (the shutdown ends its read) and tells the shard if it has not closed it.
+            Err(_) if conn.phase.get() == Phase::HandingOff => {
+                // The socket moves on anyway; its new shard finds it dead and closes it.
                 batch.settle(0, &mut conn.queue.borrow_mut());
-                conn.abandon();
+                continue;
+            }
+            Err(_) => {
+                // Anything but a clean write: the connection is dead. The shutdown also ends
+                // the reader's pending read.
+                batch.settle(0, &mut conn.queue.borrow_mut());
+                if conn.phase.get() == Phase::Open {
+                    let mut c = ctx.borrow_mut();
+                    c.peer_closed(&conn);
+                    c.after_input();
+                } else {
+                    conn.abandon();
+                }
                 break;
             }
         };
