@@ -5,7 +5,7 @@
 //! `await`, so the shard sees its inputs one at a time, in the order they happened.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 
 use bytes::BytesMut;
@@ -25,6 +25,10 @@ pub(crate) type SharedCtx = Rc<RefCell<Ctx>>;
 /// reading their sockets until the other shards catch up: TCP flow control then slows the
 /// clients instead of this shard's memory growing.
 pub(crate) const MESH_OVERFLOW_PAUSE: usize = 16 * 1024;
+
+/// Wake-up times kept at most (the shard asks for a few: its tick, a grace period, the
+/// shutdown linger).
+pub(crate) const WAKE_TIMES_MAX: usize = 64;
 
 /// What travels between the shard threads of one host.
 #[derive(Debug)]
@@ -101,8 +105,10 @@ pub(crate) struct Ctx {
     overflow_len: usize,
     pub(crate) mesh_room: Rc<WaitList>,
     pub(crate) stats: ShardStats,
-    /// When the timer task must call `handle_timeout` (the earliest `WakeAt` not yet served).
-    pub(crate) timer_at: Option<u64>,
+    /// Every `WakeAt` not yet served (the shard may ask for a later time than one it asked
+    /// for before, e.g. when draining starts, and each must be honoured). Bounded by
+    /// [`WAKE_TIMES_MAX`]: beyond it the latest are merged into the last kept one.
+    pub(crate) wake_times: BTreeSet<u64>,
     pub(crate) timer_wake: Rc<Wakeup>,
     /// When the commit task sleeps until; `None` while it commits.
     pub(crate) commit_at: Option<u64>,
@@ -138,7 +144,7 @@ impl Ctx {
             overflow_len: 0,
             mesh_room: Rc::new(WaitList::default()),
             stats: ShardStats::new(),
-            timer_at: None,
+            wake_times: BTreeSet::new(),
             timer_wake: Rc::new(Wakeup::default()),
             commit_at: None,
             commit_wake: Rc::new(Wakeup::default()),
@@ -185,8 +191,14 @@ impl Ctx {
                     }
                 }
                 Action::WakeAt(at) => {
-                    if self.timer_at.is_none_or(|current| at < current) {
-                        self.timer_at = Some(at);
+                    let earliest = self.wake_times.first().copied();
+                    if self.wake_times.len() < WAKE_TIMES_MAX {
+                        self.wake_times.insert(at);
+                    } else if let Some(last) = self.wake_times.pop_last() {
+                        // Waking too early is harmless (the shard asks again); never too late.
+                        self.wake_times.insert(last.min(at));
+                    }
+                    if earliest.is_none_or(|current| at < current) {
                         self.timer_wake.notify();
                     }
                 }

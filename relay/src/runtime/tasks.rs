@@ -123,8 +123,10 @@ pub(crate) async fn timer_loop(ctx: SharedCtx, registry: Arc<Registry>, me: usiz
         let mut deadline = next_publish;
         {
             let mut c = ctx.borrow_mut();
-            if c.timer_at.is_some_and(|at| at <= now) {
-                c.timer_at = None;
+            if c.wake_times.first().is_some_and(|&at| at <= now) {
+                while c.wake_times.first().is_some_and(|&at| at <= now) {
+                    c.wake_times.pop_first();
+                }
                 c.input_us = now;
                 c.shard.handle_timeout(now);
                 c.dispatch();
@@ -137,7 +139,7 @@ pub(crate) async fn timer_loop(ctx: SharedCtx, registry: Arc<Registry>, me: usiz
                 next_publish = now + publish_us;
                 deadline = next_publish;
             }
-            if let Some(at) = c.timer_at {
+            if let Some(&at) = c.wake_times.first() {
                 deadline = deadline.min(at);
             }
             if c.mesh_overflow() > 0 {
