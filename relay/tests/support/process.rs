@@ -30,6 +30,15 @@ use super::{EXIT_WAIT, STARTUP_WAIT, WAIT};
 /// The relay binary Cargo built for this test run.
 const RELAY_BIN: &str = env!("CARGO_BIN_EXE_hark-relay");
 
+/// Environment variable naming another relay binary to test instead of [`RELAY_BIN`] (a
+/// release build, an installed relay, a build from another branch).
+pub const RELAY_BIN_ENV: &str = "HARK_RELAY_BIN";
+
+/// The binary the harness starts.
+fn relay_bin() -> OsString {
+    std::env::var_os(RELAY_BIN_ENV).unwrap_or_else(|| OsString::from(RELAY_BIN))
+}
+
 /// What the relay prints once it accepts, before the `key=value` fields.
 const LISTENING_PREFIX: &str = "hark-relay listening ";
 
@@ -281,7 +290,7 @@ impl RelayProcess {
     }
 
     fn spawn(&mut self) {
-        let mut command = Command::new(RELAY_BIN);
+        let mut command = Command::new(relay_bin());
         command
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -300,7 +309,7 @@ impl RelayProcess {
             .stderr(Stdio::piped());
         let mut child = command
             .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {RELAY_BIN}: {error}"));
+            .unwrap_or_else(|error| panic!("cannot start {:?}: {error}", relay_bin()));
         let exited = Mutex::new(watch_exit(child.id()));
         let stdout = child.stdout.take().expect("stdout was piped above");
         let stderr = child.stderr.take().expect("stderr was piped above");
