@@ -8,9 +8,9 @@ use hark_core::protocol::{Event, FrameKind, MessageOutcome};
 use hark_core::{MsgId, ShardId};
 
 use support::admin::{parse_prometheus, parse_response};
-use support::heard::Heard;
+use support::heard::{Heard, OTHER_EVENTS_MAX};
 use support::names::{conv, conv_on_core, membership, names_on_distinct_shards, owner_core};
-use support::process::parse_listening_line;
+use support::process::{keep_tail, parse_listening_line};
 use support::talk::{PAYLOAD_LEN_MAX, PAYLOAD_LEN_MIN, payload, sized_payload};
 
 fn msg(counter: u32) -> MsgId {
@@ -235,4 +235,31 @@ fn http_responses_with_length_or_chunks_are_parsed() {
     .expect("valid");
     assert_eq!((chunked.status, chunked.body.as_str()), (503, "not ready"));
     assert!(parse_response(b"garbage").is_err());
+}
+
+#[test]
+fn a_relay_that_floods_a_listener_with_unexpected_events_is_caught_at_the_bound() {
+    let mut heard = Heard::new();
+    for nonce in 0..OTHER_EVENTS_MAX as u64 {
+        heard
+            .record(Event::Pong { nonce })
+            .expect("under the bound");
+    }
+    assert!(heard.record(Event::Pong { nonce: 0 }).is_err());
+    assert_eq!(heard.others.len(), OTHER_EVENTS_MAX);
+}
+
+#[test]
+fn kept_output_is_the_newest_tail() {
+    let mut buffer = Vec::new();
+    keep_tail(&mut buffer, b"abcdef", 4);
+    assert_eq!(buffer, b"cdef");
+    keep_tail(&mut buffer, b"gh", 4);
+    assert_eq!(buffer, b"efgh");
+}
+
+#[test]
+#[should_panic(expected = "is owned by core 5")]
+fn a_name_search_for_a_core_the_relay_does_not_run_gives_up() {
+    conv_on_core("nowhere", 5, &[0, 1]);
 }

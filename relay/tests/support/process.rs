@@ -95,11 +95,16 @@ struct Output {
 
 impl Output {
     fn keep(buffer: &mut Vec<u8>, bytes: &[u8]) {
-        buffer.extend_from_slice(bytes);
-        if buffer.len() > OUTPUT_KEPT_BYTES_MAX {
-            let cut = buffer.len() - OUTPUT_KEPT_BYTES_MAX;
-            buffer.drain(..cut);
-        }
+        keep_tail(buffer, bytes, OUTPUT_KEPT_BYTES_MAX);
+    }
+}
+
+/// Appends `bytes` to `buffer` and drops its oldest bytes beyond `max`.
+pub fn keep_tail(buffer: &mut Vec<u8>, bytes: &[u8], max: usize) {
+    buffer.extend_from_slice(bytes);
+    if buffer.len() > max {
+        let cut = buffer.len() - max;
+        buffer.drain(..cut);
     }
 }
 

@@ -439,3 +439,35 @@ fn connecting_to_a_closed_port_is_an_io_error() {
         other => panic!("expected a refused connect, got {other:?}"),
     }
 }
+
+#[test]
+fn expect_closed_stops_collecting_at_its_bound() {
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (addr, relay) = fake_relay(move |mut stream| {
+        let mut wire = Vec::new();
+        for nonce in 0..super::CLOSE_EVENTS_MAX as u64 + 5 {
+            wire.extend_from_slice(&encode_event(&Event::Pong { nonce }).expect("encodes"));
+        }
+        stream.write_all(&wire).expect("write");
+        // Stay open until the client has given up.
+        done_rx.recv().expect("test signals");
+    });
+    let mut client = connect(addr);
+    match client.expect_closed(WAIT) {
+        Err(ClientError::EventsBeforeClose { events, closed }) => {
+            assert_eq!(events.len(), super::CLOSE_EVENTS_MAX);
+            assert_eq!(events[0], Event::Pong { nonce: 0 });
+            assert!(!closed);
+        }
+        other => panic!("expected the bound to stop it, got {other:?}"),
+    }
+    // The rest is still there, in order.
+    assert_eq!(
+        client.next_event(WAIT).expect("event"),
+        Event::Pong {
+            nonce: super::CLOSE_EVENTS_MAX as u64
+        }
+    );
+    done_tx.send(()).expect("relay waits");
+    relay.join().expect("relay script");
+}
