@@ -143,9 +143,9 @@ fn connections_above_the_shards_limit_are_refused_and_closed() {
 
 #[test]
 fn a_silent_connection_is_pinged_then_closed_and_one_that_answers_stays() {
-    let relay = RelayProcess::start(&args(&[TWO_SHARDS, &["--idle-timeout-ms", "600"]]));
+    let relay = RelayProcess::start(&args(&[TWO_SHARDS, &["--idle-timeout-ms", "1000"]]));
     let (mut silent, info) = relay.session_with(&relay.token_for_all("silent"));
-    assert_eq!(info.limits.idle_timeout_ms, 600);
+    assert_eq!(info.limits.idle_timeout_ms, 1000);
     let mut answering = relay.session("answering");
 
     thread::scope(|scope| {

@@ -92,8 +92,8 @@ const AUDIO_PAYLOAD_LEN: Bound = bound(
     "bytes",
 );
 const TALK_FRAMES_PER_SECOND: Bound =
-    bound("talk_frames_per_second_max", 1, 1000, "frames per second");
-const TALK_BURST: Bound = bound("talk_burst_frames", 1, 10_000, "frames");
+    bound("talk_frames_per_second_max", 1, 65_535, "frames per second");
+const TALK_BURST: Bound = bound("talk_burst_frames", 1, 1_000_000, "frames");
 const CONVERSATIONS_PER_CONNECTION: Bound = bound(
     "conversations_per_connection_max",
     1,

@@ -229,7 +229,7 @@ fn bounds_themselves_are_accepted() {
         "frame_len_max = 4096\naudio_payload_len_max = 4087\nsend_queue_bytes_max = 4100",
         "frame_len_max = 65536\naudio_payload_len_max = 65527\nsend_queue_bytes_max = 65540",
         "idle_timeout_ms = 1000\ncommit_interval_ms = 1000\nrecord_flush_ms = 1",
-        "talk_frames_per_second_max = 1000\ntalk_burst_frames = 1\nhost_id = 65535",
+        "talk_frames_per_second_max = 65535\ntalk_burst_frames = 1000000\nhost_id = 65535",
         "mesh_lane_capacity = 16\nconversations_per_connection_max = 1",
         "mesh_lane_capacity = 1048576\nconnections_per_shard_max = 1000000",
         "segment_bytes_max = 1048576\nretention_bytes_max = 2097152\nretention_age_ms = 60000",

@@ -206,10 +206,11 @@ impl Ctx {
         }
     }
 
-    /// After an input: the commit task's deadline may have moved earlier (new records), the
-    /// mesh is flushed (rings the doorbells of parked shards once per batch), and a drain may
-    /// have finished.
+    /// After an input: the actions left are carried out, the commit task's deadline may have
+    /// moved earlier (new records), the mesh is flushed (rings the doorbells of parked shards
+    /// once per batch), and a drain may have finished.
     pub(crate) fn after_input(&mut self) {
+        self.dispatch();
         if let Some(at) = self.shard.store().own().next_wakeup_us()
             && self.commit_at.is_none_or(|current| at < current)
         {
