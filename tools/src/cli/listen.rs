@@ -106,7 +106,8 @@ pub fn listen(
         args.token.as_deref(),
         &args.data_dir,
         args.subject.as_deref(),
-        "listen",
+        // Listening from a past message or time replays history.
+        "listen,history",
         &conversation,
     )?;
     let mut driver = Driver::new(ClientSession::new(token, CLIENT_NAME));

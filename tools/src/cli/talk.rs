@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hark_core::client::ClientSession;
-use hark_core::protocol::{ErrorSubject, Event};
+use hark_core::protocol::{ErrorCode, ErrorSubject, Event};
 use hark_core::{ConvName, MsgId};
 
 use super::conn::{Driver, RelaySource, now_us, reconnect};
@@ -15,6 +15,9 @@ use crate::opus::OpusFile;
 
 /// The talk stream handle the CLI uses (one message per run).
 const STREAM: u32 = 1;
+
+/// Times one run talks the file again after the relay lost the open message.
+pub const MESSAGE_RESTARTS_MAX: usize = 3;
 
 /// Longest wait for the relay's `talk_ended` after the last frame.
 pub const END_WAIT: Duration = Duration::from_secs(30);
@@ -43,7 +46,7 @@ pub struct TalkArgs {
 }
 
 /// How a talk ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TalkReport {
     /// The message.
     pub msg_id: MsgId,
@@ -51,6 +54,8 @@ pub struct TalkReport {
     pub frame_count: u32,
     /// Connections beyond the first (resumes).
     pub resumes: u32,
+    /// Messages the relay lost (it restarted before their end), talked again as new ones.
+    pub abandoned: Vec<String>,
 }
 
 /// Runs `hark talk` with the addresses `--relay` gives.
@@ -84,6 +89,124 @@ pub fn talk(
         )),
         _ => None,
     };
+    let mut abandoned = Vec::new();
+    // Bounded by MESSAGE_RESTARTS_MAX: each pass either returns or restarts the message.
+    let (msg_id, frame_count) = loop {
+        match send_message(
+            &mut driver,
+            &file,
+            &conversation,
+            frame_interval,
+            args,
+            source,
+            out,
+        ) {
+            Ok(done) => break done,
+            Err((CliError::Refused { code, .. }, lost))
+                if code == ErrorCode::MESSAGE_UNAVAILABLE.0
+                    && driver.session.connections() > 1
+                    && abandoned.len() < MESSAGE_RESTARTS_MAX =>
+            {
+                // The relay restarted and forgot the open message (it keeps what was stored,
+                // ended truncated): talk the whole file again as a new message.
+                let lost =
+                    lost.map_or_else(|| "an unnamed message".to_owned(), |id| id.to_string());
+                if args.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"event": "restarted", "abandoned_msg_id": lost})
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "the relay lost {lost}; talking the file again as a new message"
+                    )?;
+                }
+                abandoned.push(lost);
+            }
+            Err((error, _)) => return Err(error),
+        }
+    };
+    let resumes = driver.session.connections().saturating_sub(1);
+    if args.json {
+        let line = serde_json::json!({
+            "event": "stored", "msg_id": msg_id.to_string(), "frame_count": frame_count,
+            "complete": frame_count as usize == file.packets.len(), "resumes": resumes,
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(
+            out,
+            "stored {msg_id}: {frame_count} of {} frames durable ({resumes} resumes)",
+            file.packets.len()
+        )?;
+    }
+    Ok(TalkReport {
+        msg_id,
+        frame_count,
+        resumes,
+        abandoned,
+    })
+}
+
+/// Talks `file` as one message on the driver's session; a failure comes with the message id
+/// the relay had given, if any.
+fn send_message(
+    driver: &mut Driver,
+    file: &OpusFile,
+    conversation: &ConvName,
+    frame_interval: Option<Duration>,
+    args: &TalkArgs,
+    source: &mut RelaySource<'_>,
+    out: &mut dyn Write,
+) -> Result<(MsgId, u32), (CliError, Option<MsgId>)> {
+    let mut state = TalkState {
+        what: format!("talk to {conversation}"),
+        json: args.json,
+        announced: false,
+        ended: None,
+        msg_id: None,
+    };
+    let sending = Sending {
+        file,
+        conversation,
+        frame_interval,
+        args,
+    };
+    match send_frames(driver, &sending, source, out, &mut state) {
+        Ok(()) => match (state.msg_id, state.ended) {
+            (Some(msg_id), Some(frame_count)) => Ok((msg_id, frame_count)),
+            _ => Err((
+                CliError::Protocol("talk_ended before talk_started".into()),
+                state.msg_id,
+            )),
+        },
+        Err(error) => Err((error, state.msg_id)),
+    }
+}
+
+/// What one pass of [`send_frames`] sends, and how.
+struct Sending<'a> {
+    file: &'a OpusFile,
+    conversation: &'a ConvName,
+    frame_interval: Option<Duration>,
+    args: &'a TalkArgs,
+}
+
+fn send_frames(
+    driver: &mut Driver,
+    sending: &Sending<'_>,
+    source: &mut RelaySource<'_>,
+    out: &mut dyn Write,
+    state: &mut TalkState,
+) -> Result<(), CliError> {
+    let Sending {
+        file,
+        conversation,
+        frame_interval,
+        args,
+    } = *sending;
     driver
         .session
         .talk_start(
@@ -94,13 +217,6 @@ pub fn talk(
             &mut driver.out,
         )
         .map_err(|error| CliError::Protocol(error.to_string()))?;
-    let mut state = TalkState {
-        what: format!("talk to {conversation}"),
-        json: args.json,
-        announced: false,
-        ended: None,
-        msg_id: None,
-    };
     let start = Instant::now();
     let mut elapsed_samples: u64 = 0;
     for (index, packet) in file.packets.iter().enumerate() {
@@ -122,14 +238,7 @@ pub fn talk(
             } else {
                 remaining
             };
-            step(
-                &mut driver,
-                &mut state,
-                source,
-                args.reconnect_patience,
-                wait,
-                out,
-            )?;
+            step(driver, state, source, args.reconnect_patience, wait, out)?;
         }
         let sent = driver
             .session
@@ -137,7 +246,7 @@ pub fn talk(
             .map_err(|error| CliError::Protocol(error.to_string()));
         sent?;
         if let Err(CliError::Disconnected(_)) = driver.flush() {
-            reconnect(&mut driver, source, args.reconnect_patience)?;
+            reconnect(driver, source, args.reconnect_patience)?;
         }
     }
     driver
@@ -145,7 +254,7 @@ pub fn talk(
         .talk_end(STREAM, now_us(), &mut driver.out)
         .map_err(|error| CliError::Protocol(error.to_string()))?;
     if let Err(CliError::Disconnected(_)) = driver.flush() {
-        reconnect(&mut driver, source, args.reconnect_patience)?;
+        reconnect(driver, source, args.reconnect_patience)?;
     }
     let deadline = Instant::now() + END_WAIT + args.reconnect_patience;
     while state.ended.is_none() {
@@ -156,37 +265,15 @@ pub fn talk(
             ));
         }
         step(
-            &mut driver,
-            &mut state,
+            driver,
+            state,
             source,
             args.reconnect_patience,
             remaining.min(Duration::from_secs(1)),
             out,
         )?;
     }
-    let (msg_id, frame_count) = (state.msg_id, state.ended);
-    let (Some(msg_id), Some(frame_count)) = (msg_id, frame_count) else {
-        return Err(CliError::Protocol("talk_ended before talk_started".into()));
-    };
-    let resumes = driver.session.connections().saturating_sub(1);
-    if args.json {
-        let line = serde_json::json!({
-            "event": "stored", "msg_id": msg_id.to_string(), "frame_count": frame_count,
-            "complete": frame_count as usize == file.packets.len(), "resumes": resumes,
-        });
-        writeln!(out, "{line}")?;
-    } else {
-        writeln!(
-            out,
-            "stored {msg_id}: {frame_count} of {} frames durable ({resumes} resumes)",
-            file.packets.len()
-        )?;
-    }
-    Ok(TalkReport {
-        msg_id,
-        frame_count,
-        resumes,
-    })
+    Ok(())
 }
 
 struct TalkState {
