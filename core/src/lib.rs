@@ -19,6 +19,7 @@
 //!   Request + now ──► shard::Shard ──► Action (Send bytes, Close, ToShard, HandOff, WakeAt)
 //! ```
 
+pub mod client;
 pub mod ids;
 pub mod map;
 pub mod protocol;

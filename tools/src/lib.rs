@@ -1,13 +1,16 @@
 //! hark-tools: the library half of the `hark` command line.
 //!
 //! What it is: [`client`], a blocking client of hark's wire protocol over a plain
-//! `std::net::TcpStream`, used by the `hark` CLI and by the relay's integration tests. What it
-//! is not: an async or pooled client for applications, or a relay; it holds one connection and
-//! no state beyond it.
+//! `std::net::TcpStream` (used by the relay's integration tests); [`opus`], Ogg Opus files in
+//! and out; and [`cli`], every `hark` command as a function with an output writer, which the
+//! `hark` binary's `main` calls and tests call directly. What it is not: an async or pooled
+//! client for applications (embed `hark_core::client::ClientSession` for that), or a relay.
 //!
 //! ```text
-//!   Client::send(&Request) ──► encode_request ──► TcpStream::write_all ──► relay
-//!   relay ──► TcpStream::read ──► BytesMut ──► Decoder::decode_event ──► Client::next_event
+//!   hark talk FILE ──► opus::OpusFile ──► ClientSession (hark-core) ──► TcpStream ──► relay
+//!   relay ──► TcpStream ──► ClientSession ──► opus::OpusFileWriter ──► DIR/MSGID.opus
 //! ```
 
+pub mod cli;
 pub mod client;
+pub mod opus;

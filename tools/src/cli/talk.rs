@@ -1,0 +1,344 @@
+//! `hark talk`: an Ogg Opus file as one message, paced at real time, resumed after a break.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hark_core::client::ClientSession;
+use hark_core::protocol::{ErrorCode, ErrorSubject, Event};
+use hark_core::{ConvName, MsgId};
+
+use super::conn::{Driver, RelaySource, now_us, reconnect};
+use super::token::command_token;
+use super::{CLIENT_NAME, CliError};
+use crate::opus::OpusFile;
+
+/// The talk stream handle the CLI uses (one message per run).
+const STREAM: u32 = 1;
+
+/// Times one run talks the file again after the relay lost the open message.
+pub const MESSAGE_RESTARTS_MAX: usize = 3;
+
+/// Longest wait for the relay's `talk_ended` after the last frame.
+pub const END_WAIT: Duration = Duration::from_secs(30);
+
+/// What `hark talk` needs.
+#[derive(Debug, Clone)]
+pub struct TalkArgs {
+    /// Relay addresses (`host:port`), tried in order.
+    pub relay: Vec<String>,
+    /// The conversation.
+    pub conv: String,
+    /// The Ogg Opus file.
+    pub file: PathBuf,
+    /// Send as fast as the relay's announced frame rate allows instead of in real time.
+    pub fast: bool,
+    /// One JSON object per event.
+    pub json: bool,
+    /// A token; otherwise one is minted from `data_dir`'s secret.
+    pub token: Option<String>,
+    /// The relay's data directory (for its secret).
+    pub data_dir: PathBuf,
+    /// The subject of a minted token.
+    pub subject: Option<String>,
+    /// How long to keep trying to reconnect after the connection breaks.
+    pub reconnect_patience: Duration,
+}
+
+/// How a talk ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TalkReport {
+    /// The message.
+    pub msg_id: MsgId,
+    /// Frames in the stored message.
+    pub frame_count: u32,
+    /// Connections beyond the first (resumes).
+    pub resumes: u32,
+    /// Messages the relay lost (it restarted before their end), talked again as new ones.
+    pub abandoned: Vec<String>,
+}
+
+/// Runs `hark talk` with the addresses `--relay` gives.
+pub fn run(args: &TalkArgs, out: &mut dyn Write) -> Result<TalkReport, CliError> {
+    let relays = args.relay.clone();
+    talk(args, &mut move || relays.clone(), out)
+}
+
+/// Runs `hark talk`, asking `source` for the relay's addresses before every connection (a
+/// test's relay that restarts on a new port; a DNS name that moved).
+pub fn talk(
+    args: &TalkArgs,
+    source: &mut RelaySource<'_>,
+    out: &mut dyn Write,
+) -> Result<TalkReport, CliError> {
+    let conversation =
+        ConvName::new(&args.conv).map_err(|error| CliError::Usage(format!("--conv: {error}")))?;
+    let file = OpusFile::read(&args.file)?;
+    let token = command_token(
+        args.token.as_deref(),
+        &args.data_dir,
+        args.subject.as_deref(),
+        "talk",
+        &conversation,
+    )?;
+    let mut driver = Driver::new(ClientSession::new(token, CLIENT_NAME));
+    driver.connect(&source())?;
+    let frame_interval = match driver.session.hello_state() {
+        hark_core::client::HelloState::Accepted(terms) if args.fast => Some(Duration::from_micros(
+            1_000_000 / u64::from(terms.limits.frames_per_second_max.max(1)),
+        )),
+        _ => None,
+    };
+    let mut abandoned = Vec::new();
+    // Bounded by MESSAGE_RESTARTS_MAX: each pass either returns or restarts the message.
+    let (msg_id, frame_count) = loop {
+        match send_message(
+            &mut driver,
+            &file,
+            &conversation,
+            frame_interval,
+            args,
+            source,
+            out,
+        ) {
+            Ok(done) => break done,
+            Err((CliError::Refused { code, .. }, lost))
+                if code == ErrorCode::MESSAGE_UNAVAILABLE.0
+                    && driver.session.connections() > 1
+                    && abandoned.len() < MESSAGE_RESTARTS_MAX =>
+            {
+                // The relay restarted and forgot the open message (it keeps what was stored,
+                // ended truncated): talk the whole file again as a new message.
+                let lost =
+                    lost.map_or_else(|| "an unnamed message".to_owned(), |id| id.to_string());
+                if args.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"event": "restarted", "abandoned_msg_id": lost})
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "the relay lost {lost}; talking the file again as a new message"
+                    )?;
+                }
+                abandoned.push(lost);
+            }
+            Err((error, _)) => return Err(error),
+        }
+    };
+    let resumes = driver.session.connections().saturating_sub(1);
+    if args.json {
+        let line = serde_json::json!({
+            "event": "stored", "msg_id": msg_id.to_string(), "frame_count": frame_count,
+            "complete": frame_count as usize == file.packets.len(), "resumes": resumes,
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(
+            out,
+            "stored {msg_id}: {frame_count} of {} frames durable ({resumes} resumes)",
+            file.packets.len()
+        )?;
+    }
+    Ok(TalkReport {
+        msg_id,
+        frame_count,
+        resumes,
+        abandoned,
+    })
+}
+
+/// Talks `file` as one message on the driver's session; a failure comes with the message id
+/// the relay had given, if any.
+fn send_message(
+    driver: &mut Driver,
+    file: &OpusFile,
+    conversation: &ConvName,
+    frame_interval: Option<Duration>,
+    args: &TalkArgs,
+    source: &mut RelaySource<'_>,
+    out: &mut dyn Write,
+) -> Result<(MsgId, u32), (CliError, Option<MsgId>)> {
+    let mut state = TalkState {
+        what: format!("talk to {conversation}"),
+        json: args.json,
+        announced: false,
+        ended: None,
+        msg_id: None,
+    };
+    let sending = Sending {
+        file,
+        conversation,
+        frame_interval,
+        args,
+    };
+    match send_frames(driver, &sending, source, out, &mut state) {
+        Ok(()) => match (state.msg_id, state.ended) {
+            (Some(msg_id), Some(frame_count)) => Ok((msg_id, frame_count)),
+            _ => Err((
+                CliError::Protocol("talk_ended before talk_started".into()),
+                state.msg_id,
+            )),
+        },
+        Err(error) => Err((error, state.msg_id)),
+    }
+}
+
+/// What one pass of [`send_frames`] sends, and how.
+struct Sending<'a> {
+    file: &'a OpusFile,
+    conversation: &'a ConvName,
+    frame_interval: Option<Duration>,
+    args: &'a TalkArgs,
+}
+
+fn send_frames(
+    driver: &mut Driver,
+    sending: &Sending<'_>,
+    source: &mut RelaySource<'_>,
+    out: &mut dyn Write,
+    state: &mut TalkState,
+) -> Result<(), CliError> {
+    let Sending {
+        file,
+        conversation,
+        frame_interval,
+        args,
+    } = *sending;
+    driver
+        .session
+        .talk_start(
+            STREAM,
+            conversation.clone(),
+            file.head_bytes.clone(),
+            now_us(),
+            &mut driver.out,
+        )
+        .map_err(|error| CliError::Protocol(error.to_string()))?;
+    let start = Instant::now();
+    let mut elapsed_samples: u64 = 0;
+    for (index, packet) in file.packets.iter().enumerate() {
+        let due = match frame_interval {
+            Some(interval) => start + interval * index as u32,
+            None => start + Duration::from_micros(elapsed_samples * 1000 / 48),
+        };
+        elapsed_samples += u64::from(file.packet_samples[index]);
+        // Wait for the frame's time (and for room among the frames kept for a resume),
+        // handling events meanwhile. Bounded: each pass waits or handles an event.
+        loop {
+            let remaining = due.saturating_duration_since(Instant::now());
+            let room = driver.session.can_send_frame(STREAM, packet.len());
+            if remaining.is_zero() && room {
+                break;
+            }
+            let wait = if remaining.is_zero() {
+                Duration::from_millis(100)
+            } else {
+                remaining
+            };
+            step(driver, state, source, args.reconnect_patience, wait, out)?;
+        }
+        let sent = driver
+            .session
+            .talk_frame(STREAM, packet.clone(), now_us(), &mut driver.out)
+            .map_err(|error| CliError::Protocol(error.to_string()));
+        sent?;
+        if let Err(CliError::Disconnected(_)) = driver.flush() {
+            reconnect(driver, source, args.reconnect_patience)?;
+        }
+    }
+    driver
+        .session
+        .talk_end(STREAM, now_us(), &mut driver.out)
+        .map_err(|error| CliError::Protocol(error.to_string()))?;
+    if let Err(CliError::Disconnected(_)) = driver.flush() {
+        reconnect(driver, source, args.reconnect_patience)?;
+    }
+    let deadline = Instant::now() + END_WAIT + args.reconnect_patience;
+    while state.ended.is_none() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(CliError::Disconnected(
+                "no talk_ended from the relay".into(),
+            ));
+        }
+        step(
+            driver,
+            state,
+            source,
+            args.reconnect_patience,
+            remaining.min(Duration::from_secs(1)),
+            out,
+        )?;
+    }
+    Ok(())
+}
+
+struct TalkState {
+    what: String,
+    json: bool,
+    announced: bool,
+    ended: Option<u32>,
+    msg_id: Option<MsgId>,
+}
+
+/// Waits at most `wait` for one event and handles it; reconnects when the connection broke.
+fn step(
+    driver: &mut Driver,
+    state: &mut TalkState,
+    source: &mut RelaySource<'_>,
+    patience: Duration,
+    wait: Duration,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let event = match driver.next_event(wait) {
+        Ok(event) => event,
+        Err(CliError::Disconnected(detail)) => {
+            if state.json {
+                let line = serde_json::json!({"event": "disconnected", "detail": detail});
+                writeln!(out, "{line}")?;
+            }
+            return reconnect(driver, source, patience);
+        }
+        Err(error) => return Err(error),
+    };
+    match event {
+        Some(Event::TalkStarted {
+            msg_id, next_seq, ..
+        }) => {
+            state.msg_id = Some(msg_id);
+            if state.json {
+                let line = serde_json::json!({"event": "talk_started", "msg_id": msg_id.to_string(), "next_seq": next_seq});
+                writeln!(out, "{line}")?;
+            } else if !state.announced {
+                writeln!(out, "message {msg_id}")?;
+            } else {
+                writeln!(out, "resumed {msg_id} from frame {next_seq}")?;
+            }
+            state.announced = true;
+        }
+        Some(Event::Stored { frames_stored, .. }) if state.json => {
+            let line = serde_json::json!({"event": "stored_ack", "frames_stored": frames_stored});
+            writeln!(out, "{line}")?;
+        }
+        Some(Event::TalkEnded { frame_count, .. }) => state.ended = Some(frame_count),
+        Some(Event::Error {
+            code,
+            about: ErrorSubject::TalkStream(_),
+            text,
+        }) => {
+            return Err(CliError::refused(state.what.clone(), code, &text));
+        }
+        Some(Event::Error {
+            code,
+            about: ErrorSubject::Connection,
+            text,
+        }) if state.msg_id.is_none() => {
+            return Err(CliError::refused(state.what.clone(), code, &text));
+        }
+        _ => {}
+    }
+    Ok(())
+}
