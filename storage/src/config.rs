@@ -41,6 +41,11 @@ pub struct StoreConfig {
     /// size. Costs one extra write of each segment's size, off the shard thread. Turn off for
     /// huge segments or tests that do not want the extra disk writes.
     pub preallocate_segments: bool,
+    /// What `Store::open` does with messages a crash left open (no End record): `false` ends
+    /// them truncated at once; `true` keeps them open for appends from their first frame not
+    /// on disk, so a talker can resume them (the relay then ends them after its resume grace;
+    /// see `OpenReport::open_messages`). Read-only opens always treat them as truncated.
+    pub keep_cut_messages_open: bool,
     /// A segment rolls at the first commit after it is this old.
     pub segment_age_ms_max: u64,
     /// Bytes of records that may wait for a commit (disk slow or failing); beyond it appends
@@ -70,6 +75,7 @@ impl Default for StoreConfig {
             open_messages_max: 16 * 1024,
             segment_bytes_max: 64 * 1024 * 1024,
             preallocate_segments: true,
+            keep_cut_messages_open: false,
             segment_age_ms_max: 60 * 60 * 1000,
             pending_bytes_max: 64 * 1024 * 1024,
             sender_bytes_max: 255,

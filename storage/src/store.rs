@@ -76,6 +76,9 @@ pub struct OpenReport {
     pub truncated_messages: Vec<MsgId>,
     /// Records of messages the index does not have (their Start was deleted by retention).
     pub orphan_records: u64,
+    /// With `StoreConfig::keep_cut_messages_open`: messages a crash left open, still open for
+    /// appends from their first frame not on disk (`message_info(msg).frame_count`).
+    pub open_messages: Vec<MsgId>,
 }
 
 /// A message's header, as `message_info` and timeline queries return it (hark-core's type:
@@ -179,6 +182,11 @@ impl Store {
             .map(|(m, _)| *m)
             .collect();
         cut.sort_unstable();
+        if !read_only && store.config.keep_cut_messages_open {
+            cut.retain(|msg| !store.reopen_cut_message(*msg));
+            report.open_messages = store.writer.open.keys().copied().collect();
+            report.open_messages.sort_unstable();
+        }
         for msg in &cut {
             if let Some(entry) = store.index.messages.get_mut(msg) {
                 entry.state = MessageState::Ended(EndState::Truncated);
@@ -192,6 +200,24 @@ impl Store {
         report.truncated_messages = cut;
         store.newest_msg = store.index.messages.keys().max().copied();
         Ok((store, report))
+    }
+
+    /// Keeps a message a crash cut open for appends (see `keep_cut_messages_open`). Returns
+    /// `false` when it cannot be (the open-message limit is reached): it is ended instead.
+    fn reopen_cut_message(&mut self, msg: MsgId) -> bool {
+        if self.writer.open.len() >= self.config.open_messages_max {
+            return false;
+        }
+        let Some(entry) = self.index.messages.get_mut(&msg) else {
+            return false;
+        };
+        entry.state = MessageState::Open;
+        entry.frames_appended = entry.frames_durable;
+        self.writer.open.insert(
+            msg,
+            crate::writer::OpenMessage::resumed_at(entry.frames_durable),
+        );
+        true
     }
 
     fn create_segment(&mut self, id: u32, now_us: u64) -> Result<(), StoreError> {

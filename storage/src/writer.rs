@@ -47,6 +47,18 @@ pub(crate) struct OpenMessage {
     pub(crate) generation: u32,
 }
 
+impl OpenMessage {
+    /// An open message whose frames `0..next_seq` are on disk already (kept open by recovery).
+    pub(crate) fn resumed_at(next_seq: u32) -> Self {
+        Self {
+            chunk: Vec::new(),
+            chunk_frames: 0,
+            next_seq,
+            generation: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FlushDue {
     pub(crate) due_us: u64,

@@ -24,6 +24,7 @@ mod limits;
 mod listener;
 mod memory_store;
 mod peer;
+mod recovered;
 mod routing;
 mod session;
 mod store;
@@ -506,16 +507,7 @@ impl<S: BodyStore> Shard<S> {
     }
 
     fn conversation_slot(&mut self, name: &crate::ids::ConvName) -> Option<u32> {
-        let id = name.id();
-        if let Some(slot) = self.conv_by_id.get(&id) {
-            return Some(*slot);
-        }
-        if self.conversations.len() >= self.config.conversations_max {
-            return None;
-        }
-        let slot = self.conversations.insert(Conversation::new(id));
-        self.conv_by_id.insert(id, slot);
-        Some(slot)
+        self.conversation_slot_of(name.id())
     }
 
     fn drop_conversation_if_idle(&mut self, slot: u32) {

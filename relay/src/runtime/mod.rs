@@ -446,10 +446,16 @@ fn serve_shard(plan: ShardPlan) -> Result<(), String> {
         return Err(format!("cannot pin the thread to CPU {cpu}"));
     }
     let dir = hark_storage::shard_dir(&plan.data_dir, shard_id);
-    let (mut store, report) = Store::open(&dir, shard_id, plan.store_config.clone(), now_us())
+    // Messages a crash left open stay open so their talkers can resume them; the shard ends
+    // them truncated when nobody does within the resume grace.
+    let store_config = StoreConfig {
+        keep_cut_messages_open: true,
+        ..plan.store_config.clone()
+    };
+    let (mut store, report) = Store::open(&dir, shard_id, store_config, now_us())
         .map_err(|e| format!("cannot open its store in {}: {e}", dir.display()))?;
     if !report.truncated_messages.is_empty() {
-        tracing::warn!(
+        tracing::info!(
             shard = me,
             messages = report.truncated_messages.len(),
             "messages cut by the last stop were ended as truncated"
@@ -480,6 +486,15 @@ fn serve_shard(plan: ShardPlan) -> Result<(), String> {
     if let Some(newest) = newest {
         shard.resume_ids_after(newest);
     }
+    let resumable = shard.recover_open_messages(now_us(), &report.open_messages);
+    if !report.open_messages.is_empty() {
+        tracing::info!(
+            shard = me,
+            resumable,
+            ended = report.open_messages.len() - resumable,
+            "messages cut by the last stop are open for their talkers to resume"
+        );
+    }
 
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .with_entries(RING_ENTRIES)
@@ -509,6 +524,8 @@ fn serve_shard(plan: ShardPlan) -> Result<(), String> {
             outbox,
             lane_capacity,
         )));
+        // What the shard queued before serving (the recovered messages' timers).
+        ctx.borrow_mut().after_input();
         let finished = Rc::clone(&ctx.borrow().finished);
         monoio::spawn(tasks::accept_loop(Rc::clone(&ctx), listener));
         monoio::spawn(tasks::inbox_loop(Rc::clone(&ctx), inbox));

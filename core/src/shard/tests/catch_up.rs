@@ -4,6 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::protocol::MessageOutcome;
+use crate::shard::{BodyStore, EndState, MessageState};
 
 /// A talker sends `total` frames; commits happen after the frames listed in `commits`; a
 /// listener joins (since the start) after `join` frames. It must hear every frame once, in
@@ -267,4 +268,117 @@ fn a_vanished_talkers_message_ends_truncated_after_the_grace_period() {
         },
     );
     assert_eq!(host.errors(again), vec![ErrorCode::MESSAGE_UNAVAILABLE]);
+}
+
+#[test]
+fn a_message_left_open_by_a_crash_is_resumable_after_the_restart() {
+    let mut host = Host::new(ShardConfig::default());
+    let talker = host.client();
+    host.talk_start(talker, 1, "general");
+    let msg = host.talk_started(talker, 1);
+    for seq in 0..5 {
+        host.frame(talker, 1, seq, &payload(0, seq));
+    }
+    host.commit();
+    // The restart: a new shard over what the store kept, the message still open in it.
+    let store = std::mem::take(host.shard().store_mut());
+    let membership = Membership::from_hosts(
+        1,
+        [HostSpec {
+            host: HostId(1),
+            cores: vec![0],
+            weight_per_core: 1,
+        }],
+    )
+    .unwrap();
+    host.shards[0] = Shard::new(
+        ShardConfig::default(),
+        ShardId::new(1, 0),
+        membership,
+        keyring(),
+        store,
+        host.now_us,
+    );
+    host.location.clear();
+    let now = host.now_us;
+    assert_eq!(host.shard().recover_open_messages(now, &[msg]), 1);
+    host.run();
+    let listener = host.client();
+    host.listen(listener, 2, "general", ListenFrom::Live);
+    let again = host.client();
+    host.request(
+        again,
+        Request::TalkStart {
+            stream: 3,
+            conversation: conv("general"),
+            codec: Bytes::new(),
+            resume: Some(msg),
+        },
+    );
+    assert!(host.events(again).contains(&Event::TalkStarted {
+        stream: 3,
+        msg_id: msg,
+        next_seq: 5
+    }));
+    for seq in 5..8 {
+        host.frame(again, 3, seq, &payload(0, seq));
+    }
+    host.request(
+        again,
+        Request::TalkEnd {
+            stream: 3,
+            frame_count: 8,
+        },
+    );
+    host.commit();
+    assert!(host.events(again).contains(&Event::TalkEnded {
+        stream: 3,
+        frame_count: 8
+    }));
+    // The live listener of the recovered message hears all of it: replayed, then live.
+    let h = &heard(host.events(listener))[&msg];
+    assert_eq!(seqs(h), (0..8).collect::<Vec<_>>());
+    assert_eq!(h.ended, Some((8, MessageOutcome::Complete)));
+}
+
+#[test]
+fn a_recovered_message_nobody_resumes_ends_truncated_after_the_grace() {
+    let config = ShardConfig {
+        talk_resume_grace_ms: 1_000,
+        idle_timeout_ms: 60_000,
+        ..ShardConfig::default()
+    };
+    let mut host = Host::new(config.clone());
+    let talker = host.client();
+    host.talk_start(talker, 1, "general");
+    let msg = host.talk_started(talker, 1);
+    host.frame(talker, 1, 0, b"a");
+    host.commit();
+    let store = std::mem::take(host.shard().store_mut());
+    let membership = Membership::from_hosts(
+        1,
+        [HostSpec {
+            host: HostId(1),
+            cores: vec![0],
+            weight_per_core: 1,
+        }],
+    )
+    .unwrap();
+    host.shards[0] = Shard::new(
+        config,
+        ShardId::new(1, 0),
+        membership,
+        keyring(),
+        store,
+        host.now_us,
+    );
+    host.location.clear();
+    let now = host.now_us;
+    host.shard().recover_open_messages(now, &[msg]);
+    host.run();
+    host.advance_ms(1_100);
+    host.commit();
+    let info = host.shard().store().message_info(msg).unwrap();
+    assert_eq!(info.state, MessageState::Ended(EndState::Truncated));
+    assert_eq!(host.shard().live_message_count(), 0);
 }
