@@ -31,6 +31,8 @@ enum Command {
     Run(Box<load::run::RunArgs>),
     /// Opens N authenticated idle sessions and reports the relay's memory per connection.
     Idle(load::idle::IdleArgs),
+    /// Raises the load step by step and reports the knee (best deliveries/s within --p99-ms).
+    Sweep(Box<load::sweep::SweepArgs>),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| e.to_string()),
         Command::Run(args) => load::cli::run(&args).map_err(|e| e.to_string()),
+        Command::Sweep(args) => load::sweep::run(&args).map_err(|e| e.to_string()),
         Command::Idle(args) => load::cli::idle(&args).map_err(|e| e.to_string()),
     };
     match result {

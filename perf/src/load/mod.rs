@@ -11,5 +11,6 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod stats;
+pub mod sweep;
 pub mod tracker;
 pub mod wire;
