@@ -11,7 +11,13 @@ pub const EXIT_GENERATOR_OVERLOADED: u8 = 3;
 
 /// Runs the workload `args` describe against its target.
 pub fn run_target(args: &RunArgs) -> Result<Report, RunError> {
-    run_hark(args)
+    match args.target.as_deref() {
+        None | Some("hark") => run_hark(args),
+        Some(url) if url.starts_with("redis://") => super::redis_target::run(args, url),
+        Some(other) => Err(RunError::Usage(format!(
+            "--target {other}: expected `hark` or redis://HOST:PORT"
+        ))),
+    }
 }
 
 /// Writes the JSON and HTML reports `args` ask for.

@@ -172,8 +172,9 @@ pub async fn listen(ctx: Rc<ThreadCtx>, mut wire: Wire, conversations: Vec<u32>)
                             }
                         }
                         stats.unique_deliveries += 1;
-                        // A frame released early (timer slack) counts from when it left.
-                        let from_us = header.intended_send_us.max(header.sent_us);
+                        // Late frames count from their intended time (no coordinated omission), frames
+                        // released early (timer slack) from when they left.
+                        let from_us = header.intended_send_us.min(header.sent_us);
                         let latency_us = now_us.saturating_sub(from_us);
                         record_latency(&mut stats.latency_us, latency_us);
                         record_latency(&mut interval, latency_us);
@@ -349,7 +350,7 @@ pub async fn talk(ctx: Rc<ThreadCtx>, wire: Wire, conversation: u32) {
             break;
         }
         if let Some(unacked) = state.unacked.borrow_mut().get_mut(&talk_stream) {
-            unacked.push_back((seq, intended_us));
+            unacked.push_back((seq, intended_us.min(now_us)));
         }
         seq += 1;
         if seq == shared.message_frames {

@@ -7,6 +7,7 @@ pub mod html;
 pub mod idle;
 pub mod payload;
 pub mod procstat;
+pub mod redis_target;
 pub mod report;
 pub mod run;
 pub mod schedule;

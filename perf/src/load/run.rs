@@ -93,7 +93,7 @@ pub struct RunArgs {
     pub late_bound_ms: u64,
     /// Talkers wake up to this many µs before a frame's intended send time and send it then:
     /// the runtime's timer is 1 ms-granular and would otherwise add its rounding to every
-    /// latency. Latency counts from the later of the intended and the actual send time.
+    /// latency. Latency counts from the earlier of the intended and the actual send time.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub early_release_us: u64,
     /// Exit with code 3 when the generator was late on more than this percentage of frames.
@@ -322,7 +322,7 @@ pub fn token(
 }
 
 /// Checks the flags that clap cannot.
-fn validate(args: &RunArgs) -> Result<(), RunError> {
+pub fn validate(args: &RunArgs) -> Result<(), RunError> {
     let seconds_ok = |s: f64| s.is_finite() && (0.0..=86_400.0).contains(&s);
     if !seconds_ok(args.duration) || args.duration < 0.01 {
         return Err(RunError::Usage("--duration must be 0.01..=86400 s".into()));
