@@ -32,6 +32,11 @@ pub const SETUP_WAIT: Duration = Duration::from_secs(20);
 /// foreign (one talker per conversation has one open, two around a roll-over).
 const OPEN_MESSAGES_PER_SUB_MAX: usize = 4;
 
+/// Talk streams whose frames a talker keeps waiting for a `stored` ack; when a new message
+/// starts with this many still unacknowledged, the oldest is given up (its frames simply get
+/// no stored-ack sample: `stored_ack_us.count` < `frames_sent` shows it).
+const UNACKED_STREAMS_MAX: usize = 8;
+
 /// Poll period of a talker waiting for its last `talk_ended`.
 const TALK_END_POLL: Duration = Duration::from_millis(10);
 
@@ -405,6 +410,21 @@ pub async fn talk(ctx: Rc<ThreadCtx>, wire: Wire, conversation: u32) {
     }
 }
 
+/// Starts tracking talk stream `stream`'s unacknowledged frames; when
+/// [`UNACKED_STREAMS_MAX`] streams are tracked already, gives up the oldest (lowest handle:
+/// handles grow with every message) and returns true.
+fn start_unacked(unacked: &mut HashMap<u32, VecDeque<(u32, u64)>>, stream: u32) -> bool {
+    let mut evicted = false;
+    if unacked.len() >= UNACKED_STREAMS_MAX
+        && let Some(oldest) = unacked.keys().min().copied()
+    {
+        unacked.remove(&oldest);
+        evicted = true;
+    }
+    unacked.insert(stream, VecDeque::new());
+    evicted
+}
+
 /// Reads a talker connection's events: `stored` and `talk_ended` acks (stored-ack latency),
 /// pings, errors.
 async fn read_talker_events(
@@ -495,4 +515,21 @@ async fn read_talker_events(
 /// The raw fd of a connection, to shut it down at the drain deadline.
 pub fn raw_fd(wire: &Wire) -> std::os::fd::RawFd {
     wire.stream.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unacked_streams_are_bounded_oldest_first() {
+        let mut unacked = HashMap::new();
+        for stream in 1..=UNACKED_STREAMS_MAX as u32 {
+            assert!(!start_unacked(&mut unacked, stream));
+        }
+        assert!(start_unacked(&mut unacked, 100));
+        assert_eq!(unacked.len(), UNACKED_STREAMS_MAX);
+        assert!(!unacked.contains_key(&1));
+        assert!(unacked.contains_key(&100));
+    }
 }
