@@ -331,11 +331,13 @@ pub async fn talk(ctx: Rc<ThreadCtx>, wire: Wire, conversation: u32) {
                     resume: None,
                 },
             );
+            if start_unacked(&mut state.unacked.borrow_mut(), talk_stream) {
+                // The oldest stream was given up: its talk_ended will not count.
+                state
+                    .open_streams
+                    .set(state.open_streams.get().saturating_sub(1));
+            }
             state.open_streams.set(state.open_streams.get() + 1);
-            state
-                .unacked
-                .borrow_mut()
-                .insert(talk_stream, VecDeque::new());
         }
         if let Some(nonce) = state.pong_due.take() {
             encoded = encoded.and(put_request(&mut out, &Request::Pong { nonce }));
