@@ -155,6 +155,7 @@ fn a_short_run_loses_nothing_and_reports() {
         .expect("frames_sent is a count");
     assert!(sent > 0, "nothing was sent:\n{text}");
     assert_eq!(report["lost"], 0, "{text}");
+    assert_eq!(report["frames_not_sent"], 0, "{text}");
     assert_eq!(report["duplicated"], 0, "{text}");
     assert_eq!(report["reordered"], 0, "{text}");
     assert_eq!(report["connection_errors"], 0, "{text}");

@@ -52,8 +52,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, RunError> {
     }
     if !report.clean() {
         eprintln!(
-            "hark-perf: lost {}, duplicated {}, reordered {}, connection errors {}, error events {}",
+            "hark-perf: lost {}, not sent {}, duplicated {}, reordered {}, connection errors {}, error events {}",
             report.lost,
+            report.frames_not_sent,
             report.duplicated,
             report.reordered,
             report.connection_errors,

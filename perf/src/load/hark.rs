@@ -294,6 +294,7 @@ pub async fn talk(ctx: Rc<ThreadCtx>, wire: Wire, conversation: u32) {
     let mut message = 0u32;
     let mut seq = 0u32;
     let mut previous_write_done_us = 0u64;
+    let mut frames_sent = 0u64;
     let mut broken = false;
     for k in 0.. {
         let Some(intended_us) = schedule.intended_us(k) else {
@@ -378,12 +379,20 @@ pub async fn talk(ctx: Rc<ThreadCtx>, wire: Wire, conversation: u32) {
         let (result, _) = writer.write_all(out.split().freeze()).await;
         previous_write_done_us = mono_now_us();
         if result.is_err() || broken {
-            ctx.stats.borrow_mut().connection_errors += 1;
+            // After the drain deadline the socket was shut down by us, not broken.
+            if !ctx.draining_done.get() {
+                ctx.stats.borrow_mut().connection_errors += 1;
+            }
             broken = true;
             break;
         }
         ctx.stats.borrow_mut().frames_sent += 1;
+        frames_sent += 1;
     }
+    // Frames the schedule owed that never left: the socket held the talker back past the
+    // drain deadline, or the connection broke.
+    let scheduled = (0..).map_while(|k| schedule.intended_us(k)).count() as u64;
+    ctx.stats.borrow_mut().frames_not_sent += scheduled.saturating_sub(frames_sent);
     // Listeners finish once they have heard this many messages end.
     let messages = message + u32::from(seq > 0);
     shared.final_messages[conversation as usize].store(messages, Ordering::Release);

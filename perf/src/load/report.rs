@@ -114,6 +114,9 @@ pub struct Report {
     pub deliveries_per_sec: f64,
     /// Talk frames sent.
     pub frames_sent: u64,
+    /// Frames the open-loop schedule owed that never left the generator (held back by the
+    /// relay past the drain deadline, or a broken connection). Not part of `lost`.
+    pub frames_not_sent: u64,
     /// Distinct frames delivered to listeners (one per listener and frame).
     pub frames_delivered: u64,
     /// Deliveries expected: frames sent × listeners per conversation.
@@ -192,6 +195,7 @@ impl Report {
             started_unix_s,
             deliveries_per_sec,
             frames_sent: stats.frames_sent,
+            frames_not_sent: stats.frames_not_sent,
             frames_delivered: stats.unique_deliveries,
             deliveries_expected,
             lost,
@@ -233,6 +237,7 @@ impl Report {
     /// Whether nothing was lost, duplicated, reordered or broken.
     pub fn clean(&self) -> bool {
         self.lost == 0
+            && self.frames_not_sent == 0
             && self.duplicated == 0
             && self.reordered == 0
             && self.connection_errors == 0
@@ -256,9 +261,10 @@ impl Report {
             p.threads
         ));
         out.push_str(&format!(
-            "  deliveries/s {:.0}  sent {}  delivered {}/{}  lost {}  duplicated {}  reordered {}  replayed {}  foreign {}\n",
+            "  deliveries/s {:.0}  sent {} (not sent {})  delivered {}/{}  lost {}  duplicated {}  reordered {}  replayed {}  foreign {}\n",
             self.deliveries_per_sec,
             self.frames_sent,
+            self.frames_not_sent,
             self.frames_delivered,
             self.deliveries_expected,
             self.lost,

@@ -28,6 +28,9 @@ pub fn record_latency(histogram: &mut Histogram<u64>, value_us: u64) {
 pub struct LoadStats {
     /// Talk frames handed to the socket.
     pub frames_sent: u64,
+    /// Frames the schedule owed that were never sent (the socket held the talker back past
+    /// the drain deadline, or the connection broke).
+    pub frames_not_sent: u64,
     /// Frames sent later than the bound because the generator fell behind.
     pub generator_late_frames: u64,
     /// Frames sent later than the bound because the socket held the talker back.
@@ -67,6 +70,7 @@ impl Default for LoadStats {
     fn default() -> Self {
         LoadStats {
             frames_sent: 0,
+            frames_not_sent: 0,
             generator_late_frames: 0,
             socket_held_back_frames: 0,
             frames_received: 0,
@@ -91,6 +95,7 @@ impl LoadStats {
     /// Adds another thread's numbers to these.
     pub fn merge(&mut self, other: &LoadStats) {
         self.frames_sent += other.frames_sent;
+        self.frames_not_sent += other.frames_not_sent;
         self.generator_late_frames += other.generator_late_frames;
         self.socket_held_back_frames += other.socket_held_back_frames;
         self.frames_received += other.frames_received;

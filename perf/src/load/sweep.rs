@@ -58,6 +58,7 @@ pub struct SweepReport {
 pub fn step_is_good(report: &Report, p99_bound_us: u64) -> bool {
     report.latency_us.p99 <= p99_bound_us
         && report.lost == 0
+        && report.frames_not_sent == 0
         && report.duplicated == 0
         && report.connection_errors == 0
         && !report.generator_overloaded
