@@ -9,6 +9,7 @@ pub mod conn;
 mod error;
 pub mod history;
 pub mod listen;
+pub mod store;
 pub mod talk;
 pub mod time;
 pub mod token;
@@ -107,6 +108,31 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Check or list a body store offline (a shard store dir or a data dir).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Check every record, hint and message; exit 1 with a report when anything is wrong.
+    Verify {
+        /// A shard store (`shard-H-C`) or a data dir holding several.
+        dir: PathBuf,
+    },
+    /// List the stored messages (with --msg, its frames' sizes).
+    Dump {
+        /// A shard store (`shard-H-C`) or a data dir holding several.
+        dir: PathBuf,
+        /// Only this conversation.
+        #[arg(long)]
+        conv: Option<String>,
+        /// Only this message (32 hex digits), with its frames.
+        #[arg(long)]
+        msg: Option<String>,
     },
 }
 
@@ -244,6 +270,18 @@ pub fn run(args: Vec<OsString>, stop: &AtomicBool, out: &mut dyn Write) -> Resul
                 secret_file,
                 json,
             } => token::run_inspect(&token, secret_file.as_deref(), json, out),
+        },
+        Command::Store { command } => match command {
+            StoreCommand::Verify { dir } => store::run_verify(&dir, out).map(drop),
+            StoreCommand::Dump { dir, conv, msg } => {
+                let msg = match msg {
+                    Some(text) => Some(text.parse().map_err(|_| {
+                        CliError::Usage(format!("--msg {text:?}: not a message id (32 hex digits)"))
+                    })?),
+                    None => None,
+                };
+                store::run_dump(&store::DumpArgs { dir, conv, msg }, out).map(drop)
+            }
         },
     }
 }
