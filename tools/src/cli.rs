@@ -9,6 +9,7 @@ pub mod conn;
 mod error;
 pub mod history;
 pub mod listen;
+pub mod ring;
 pub mod store;
 pub mod talk;
 pub mod time;
@@ -108,6 +109,24 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Who owns what for a membership given here: shares, a conversation's owner, keys moved.
+    Ring {
+        /// The membership: HOST:CORES[@WEIGHT],… e.g. 1:0-3,2:0-3 (cores a-b or a+b+c).
+        #[arg(long)]
+        hosts: String,
+        /// Show this conversation's owner and fallbacks.
+        #[arg(long)]
+        conv: Option<String>,
+        /// Hosts that join (same syntax as --hosts): how many keys move.
+        #[arg(long)]
+        add: Option<String>,
+        /// A host id that leaves (repeatable): how many keys move.
+        #[arg(long)]
+        remove: Vec<u16>,
+        /// Synthetic keys sampled for the measured shares and moves.
+        #[arg(long, default_value_t = ring::RING_SAMPLE_KEYS_DEFAULT)]
+        keys: u32,
     },
     /// Check or list a body store offline (a shard store dir or a data dir).
     Store {
@@ -271,6 +290,22 @@ pub fn run(args: Vec<OsString>, stop: &AtomicBool, out: &mut dyn Write) -> Resul
                 json,
             } => token::run_inspect(&token, secret_file.as_deref(), json, out),
         },
+        Command::Ring {
+            hosts,
+            conv,
+            add,
+            remove,
+            keys,
+        } => {
+            let args = ring::RingArgs {
+                hosts,
+                conv,
+                add,
+                remove,
+                keys,
+            };
+            ring::run(&args, out).map(drop)
+        }
         Command::Store { command } => match command {
             StoreCommand::Verify { dir } => store::run_verify(&dir, out).map(drop),
             StoreCommand::Dump { dir, conv, msg } => {

@@ -160,3 +160,37 @@ fn a_minted_token_inspects_and_verifies_with_its_secret_only() {
     let text = String::from_utf8(inspected.stdout).unwrap();
     assert!(text.contains("verified: invalid"), "{text}");
 }
+
+#[test]
+fn ring_prints_shares_owner_and_keys_moved() {
+    let output = hark(&[
+        "ring",
+        "--hosts",
+        "1:0-1,2:0-1",
+        "--conv",
+        "general",
+        "--add",
+        "3:0-3",
+        "--keys",
+        "20000",
+    ]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    for shard in ["1/0", "1/1", "2/0", "2/1"] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(shard))
+            .unwrap_or_else(|| panic!("{shard} in {text}"));
+        assert!(row.contains("25.000%"), "weight share of {shard}: {row}");
+    }
+    assert!(text.contains("conversation \"general\""), "{text}");
+    assert!(text.contains("owner "), "{text}");
+    assert!(
+        text.contains("keys moved: ") && text.contains("expected from weights 50.000%"),
+        "{text}"
+    );
+    let output = hark(&["ring", "--hosts", "1:0-1,1:2"]);
+    assert_one_line_error(&output, 2, "listed more than once");
+    let output = hark(&["ring", "--hosts", "1:zero"]);
+    assert_one_line_error(&output, 2, "host spec");
+}
