@@ -10,6 +10,7 @@ mod error;
 pub mod history;
 pub mod listen;
 pub mod ring;
+pub mod status;
 pub mod store;
 pub mod talk;
 pub mod time;
@@ -127,6 +128,15 @@ enum Command {
         /// Synthetic keys sampled for the measured shares and moves.
         #[arg(long, default_value_t = ring::RING_SAMPLE_KEYS_DEFAULT)]
         keys: u32,
+    },
+    /// A running relay's shards, connections, traffic, queues and latencies (from /metrics).
+    Status {
+        /// The relay's admin address host:port (its `admin=` in the listening line).
+        #[arg(long)]
+        admin: String,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check or list a body store offline (a shard store dir or a data dir).
     Store {
@@ -306,6 +316,7 @@ pub fn run(args: Vec<OsString>, stop: &AtomicBool, out: &mut dyn Write) -> Resul
             };
             ring::run(&args, out).map(drop)
         }
+        Command::Status { admin, json } => status::run(&admin, json, out).map(drop),
         Command::Store { command } => match command {
             StoreCommand::Verify { dir } => store::run_verify(&dir, out).map(drop),
             StoreCommand::Dump { dir, conv, msg } => {
