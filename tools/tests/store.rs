@@ -143,3 +143,28 @@ fn dump_lists_messages_and_one_message_s_frames() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing.stderr).contains("is not in"));
 }
+
+#[test]
+fn an_unused_zeroed_newest_segment_is_not_damage_but_a_zeroed_older_one_is() {
+    let data = tempfile::tempdir().unwrap();
+    let (written, _) = write_store(data.path(), 2);
+    // A shard that never committed: its preallocated first segment is all zeros.
+    let idle = shard_dir(data.path(), ShardId::new(1, 1));
+    std::fs::create_dir_all(&idle).unwrap();
+    std::fs::copy(written.join("format"), idle.join("format")).unwrap();
+    std::fs::write(segment_path(&idle, 1), vec![0u8; 1 << 20]).unwrap();
+    let output = hark(&["store", "verify", data.path().to_str().unwrap()]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("ok: 2 store(s)"), "{stdout}");
+
+    // Zeros where an older segment should be, before a valid one, are damage.
+    std::fs::write(segment_path(&written, 0), vec![0u8; 4096]).unwrap();
+    let output = hark(&["store", "verify", written.to_str().unwrap()]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("segment 0: segment header torn"),
+        "{stdout}"
+    );
+}
