@@ -9,6 +9,9 @@ pub mod conn;
 mod error;
 pub mod history;
 pub mod listen;
+pub mod ring;
+pub mod status;
+pub mod store;
 pub mod talk;
 pub mod time;
 pub mod token;
@@ -107,6 +110,58 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Who owns what for a membership given here: shares, a conversation's owner, keys moved.
+    Ring {
+        /// The membership: HOST:CORES[@WEIGHT],… e.g. 1:0-3,2:0-3 (cores a-b or a+b+c).
+        #[arg(long)]
+        hosts: String,
+        /// Show this conversation's owner and fallbacks.
+        #[arg(long)]
+        conv: Option<String>,
+        /// Hosts that join (same syntax as --hosts): how many keys move.
+        #[arg(long)]
+        add: Option<String>,
+        /// A host id that leaves (repeatable): how many keys move.
+        #[arg(long)]
+        remove: Vec<u16>,
+        /// Synthetic keys sampled for the measured shares and moves.
+        #[arg(long, default_value_t = ring::RING_SAMPLE_KEYS_DEFAULT)]
+        keys: u32,
+    },
+    /// A running relay's shards, connections, traffic, queues and latencies (from /metrics).
+    Status {
+        /// The relay's admin address host:port (its `admin=` in the listening line).
+        #[arg(long)]
+        admin: String,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check or list a body store offline (a shard store dir or a data dir).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Check every record, hint and message; exit 1 with a report when anything is wrong.
+    Verify {
+        /// A shard store (`shard-H-C`) or a data dir holding several.
+        dir: PathBuf,
+    },
+    /// List the stored messages (with --msg, its frames' sizes).
+    Dump {
+        /// A shard store (`shard-H-C`) or a data dir holding several.
+        dir: PathBuf,
+        /// Only this conversation.
+        #[arg(long)]
+        conv: Option<String>,
+        /// Only this message (32 hex digits), with its frames.
+        #[arg(long)]
+        msg: Option<String>,
     },
 }
 
@@ -244,6 +299,35 @@ pub fn run(args: Vec<OsString>, stop: &AtomicBool, out: &mut dyn Write) -> Resul
                 secret_file,
                 json,
             } => token::run_inspect(&token, secret_file.as_deref(), json, out),
+        },
+        Command::Ring {
+            hosts,
+            conv,
+            add,
+            remove,
+            keys,
+        } => {
+            let args = ring::RingArgs {
+                hosts,
+                conv,
+                add,
+                remove,
+                keys,
+            };
+            ring::run(&args, out).map(drop)
+        }
+        Command::Status { admin, json } => status::run(&admin, json, out).map(drop),
+        Command::Store { command } => match command {
+            StoreCommand::Verify { dir } => store::run_verify(&dir, out).map(drop),
+            StoreCommand::Dump { dir, conv, msg } => {
+                let msg = match msg {
+                    Some(text) => Some(text.parse().map_err(|_| {
+                        CliError::Usage(format!("--msg {text:?}: not a message id (32 hex digits)"))
+                    })?),
+                    None => None,
+                };
+                store::run_dump(&store::DumpArgs { dir, conv, msg }, out).map(drop)
+            }
         },
     }
 }

@@ -1,7 +1,8 @@
 //! hark: the client and operator command line.
 //!
-//! What it is: talk, listen, history and tokens, all through hark-core's client library over
-//! plain sockets ([`hark_tools::cli::run`] does the work). What it is not: a relay; it holds
+//! What it is: talk, listen, history and tokens through hark-core's client library over
+//! plain sockets, and the operator commands ring, store verify/dump and status
+//! ([`hark_tools::cli::run`] does the work). What it is not: a relay; it holds
 //! no state between runs beyond what is on disk.
 
 use std::io::Write;

@@ -2,9 +2,11 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
+use super::{ClientSession, ClientSessionError, TALK_STREAMS_MAX};
 use crate::ids::{ConvName, MsgId};
+use crate::protocol::{Request, encode_request, write_talk_frame};
 
 /// Frames of one talk stream kept for a resume (sent, not yet acknowledged as stored). At
 /// 50 frames per second this is almost three minutes of speech without a `stored` ack; a
@@ -113,5 +115,163 @@ impl TalkStream {
             .enumerate()
             .skip(skip)
             .map(move |(at, payload)| (first + at as u32, payload))
+    }
+}
+
+impl ClientSession {
+    /// Starts a message on talk stream `stream`; frames may follow at once.
+    pub fn talk_start(
+        &mut self,
+        stream: u32,
+        conversation: ConvName,
+        codec: Bytes,
+        now_us: u64,
+        out: &mut BytesMut,
+    ) -> Result<(), ClientSessionError> {
+        if self.talks.contains_key(&stream) {
+            return Err(ClientSessionError::TalkStreamOpen(stream));
+        }
+        if self.talks.len() >= TALK_STREAMS_MAX {
+            return Err(ClientSessionError::TooMany {
+                what: "talk streams",
+                max: TALK_STREAMS_MAX,
+            });
+        }
+        encode_request(
+            &Request::TalkStart {
+                stream,
+                conversation: conversation.clone(),
+                codec: codec.clone(),
+                resume: None,
+            },
+            out,
+        )?;
+        self.talks
+            .insert(stream, TalkStream::new(conversation, codec));
+        self.last_sent_us = now_us;
+        Ok(())
+    }
+
+    /// Whether talk stream `stream` has room to keep a frame of `len` bytes for a resume.
+    pub fn can_send_frame(&self, stream: u32, len: usize) -> bool {
+        self.talks
+            .get(&stream)
+            .is_some_and(|talk| talk.has_room(len))
+    }
+
+    /// Sends the next frame of talk stream `stream` and keeps it until it is stored; returns
+    /// its seq.
+    pub fn talk_frame(
+        &mut self,
+        stream: u32,
+        payload: Bytes,
+        now_us: u64,
+        out: &mut BytesMut,
+    ) -> Result<u32, ClientSessionError> {
+        let talk = self
+            .talks
+            .get_mut(&stream)
+            .ok_or(ClientSessionError::TalkStreamUnknown(stream))?;
+        if talk.status.phase != TalkPhase::Open {
+            return Err(ClientSessionError::TalkStreamEnding(stream));
+        }
+        if !talk.has_room(payload.len()) {
+            return Err(ClientSessionError::UnackedFull(stream));
+        }
+        let seq = talk.status.frames_sent;
+        // While a resume waits for its talk_started, frames are only kept: the relay's
+        // next_seq decides where the resent run begins, and this frame is part of it.
+        if !talk.resume_pending() {
+            write_talk_frame(out, stream, seq, &payload)?;
+        }
+        talk.keep(payload);
+        self.last_sent_us = now_us;
+        Ok(seq)
+    }
+
+    /// Ends talk stream `stream` with every frame sent; returns the frame count.
+    pub fn talk_end(
+        &mut self,
+        stream: u32,
+        now_us: u64,
+        out: &mut BytesMut,
+    ) -> Result<u32, ClientSessionError> {
+        let talk = self
+            .talks
+            .get_mut(&stream)
+            .ok_or(ClientSessionError::TalkStreamUnknown(stream))?;
+        if talk.status.phase != TalkPhase::Open {
+            return Err(ClientSessionError::TalkStreamEnding(stream));
+        }
+        let frame_count = talk.status.frames_sent;
+        // A pending resume sends the end after the resent frames (see talk_started).
+        if !talk.resume_pending() {
+            encode_request(
+                &Request::TalkEnd {
+                    stream,
+                    frame_count,
+                },
+                out,
+            )?;
+        }
+        talk.status.phase = TalkPhase::Ending(frame_count);
+        self.last_sent_us = now_us;
+        Ok(frame_count)
+    }
+
+    /// What the session knows of talk stream `stream` (until its `talk_ended` or error).
+    pub fn talk(&self, stream: u32) -> Option<&TalkStatus> {
+        self.talks.get(&stream).map(|talk| &talk.status)
+    }
+
+    pub(super) fn talk_started(
+        &mut self,
+        stream: u32,
+        msg_id: MsgId,
+        next_seq: u32,
+        now_us: u64,
+        out: &mut BytesMut,
+    ) -> Result<(), ClientSessionError> {
+        let Some(talk) = self.talks.get_mut(&stream) else {
+            return Err(ClientSessionError::Protocol(format!(
+                "talk_started for stream {stream}, which is not open"
+            )));
+        };
+        let resumed = talk.status.msg_id == Some(msg_id);
+        talk.status.msg_id = Some(msg_id);
+        talk.started_here = true;
+        if !resumed {
+            // A new message: its frames were sent behind the talk_start already.
+            return Ok(());
+        }
+        if next_seq > talk.status.frames_sent {
+            return Err(ClientSessionError::Protocol(format!(
+                "resume of {msg_id} says frame {next_seq} is next, but only {} were sent",
+                talk.status.frames_sent
+            )));
+        }
+        if next_seq < talk.first_unacked_seq() {
+            return Err(ClientSessionError::ResumeGap {
+                msg_id,
+                next_seq,
+                kept_from: talk.first_unacked_seq(),
+            });
+        }
+        talk.status.frames_stored = talk.status.frames_stored.max(next_seq);
+        talk.release_below(next_seq);
+        for (seq, payload) in talk.frames_from(next_seq) {
+            write_talk_frame(out, stream, seq, payload)?;
+        }
+        if let TalkPhase::Ending(frame_count) = talk.status.phase {
+            encode_request(
+                &Request::TalkEnd {
+                    stream,
+                    frame_count,
+                },
+                out,
+            )?;
+        }
+        self.last_sent_us = now_us;
+        Ok(())
     }
 }
