@@ -342,8 +342,13 @@ impl<S: BodyStore> Shard<S> {
             return;
         };
         session.queued_bytes = session.queued_bytes.saturating_sub(n);
+        // Room in the queue only matters to a session with catch-up work (a live one has
+        // none): no pump, no allocation for the common write.
+        let catching_up = session.has_catch_up_work();
         self.attribute_written(conn, n);
-        self.pump_queue.push(conn);
+        if catching_up {
+            self.pump_queue.push(conn);
+        }
         self.finish_input();
     }
 
@@ -480,11 +485,17 @@ impl<S: BodyStore> Shard<S> {
 
     /// Work left over by an input: replay pumps, the next timer.
     fn finish_input(&mut self) {
-        let mut queue = std::mem::take(&mut self.pump_queue);
-        queue.sort_unstable();
-        queue.dedup();
-        for conn in queue {
-            self.pump(conn);
+        if !self.pump_queue.is_empty() {
+            let mut queue = std::mem::take(&mut self.pump_queue);
+            queue.sort_unstable();
+            queue.dedup();
+            for conn in queue.drain(..) {
+                self.pump(conn);
+            }
+            // Keep the allocation unless pumps queued themselves again meanwhile.
+            if self.pump_queue.is_empty() {
+                self.pump_queue = queue;
+            }
         }
         // Pumps that ran out of steps queued themselves again: they continue on a wake-up.
         self.schedule_wake();

@@ -232,7 +232,9 @@ impl<S: BodyStore> Shard<S> {
                     && let Some(session) = self.session_mut(proxy)
                 {
                     session.queued_bytes = session.queued_bytes.saturating_sub(n);
-                    self.pump_queue.push(proxy);
+                    if session.has_catch_up_work() {
+                        self.pump_queue.push(proxy);
+                    }
                 }
             }
             PeerMessage::Detach { conn } => {

@@ -137,6 +137,15 @@ impl Session {
         }
     }
 
+    /// Whether a pump could have work: a subscription still catching up, or a delivery
+    /// replaying (a listener that fell behind).
+    pub(crate) fn has_catch_up_work(&self) -> bool {
+        self.subs
+            .iter()
+            .flatten()
+            .any(|sub| !sub.live || sub.deliveries.iter().any(|d| !d.live))
+    }
+
     /// Remembers who produced `len` queued bytes (only while owners elsewhere deliver too).
     pub(crate) fn log_sent(&mut self, source: Option<ShardId>, len: usize) {
         if self.owners.is_empty() {
