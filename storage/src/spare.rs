@@ -109,6 +109,18 @@ pub(crate) fn write_zeros(file: &File, from: u64, to: u64, stop: &AtomicBool) ->
     Ok(())
 }
 
+/// Writes `bytes` at the start of `file` in chunks of [`ZERO_CHUNK_BYTES`], each pushed out
+/// to the disk before the next (see `write_out`); not synced.
+pub(crate) fn write_out_in_chunks(file: &File, bytes: &[u8]) -> io::Result<()> {
+    let mut offset = 0u64;
+    for chunk in bytes.chunks(ZERO_CHUNK_BYTES) {
+        file.write_all_at(chunk, offset)?;
+        write_out(file, offset, chunk.len() as u64)?;
+        offset += chunk.len() as u64;
+    }
+    Ok(())
+}
+
 /// Writes `len` bytes at `offset` of `file` out to the disk and waits for them (no metadata,
 /// no flush of the device cache: the final fsync does that). Keeps the spare's dirty pages to
 /// one chunk: on ext4 (data=ordered) a journal commit, which a commit's fdatasync may force,
