@@ -199,7 +199,8 @@ impl Housekeeper {
 
 impl Drop for Housekeeper {
     /// Stops a spare preparation in progress (its file is removed) and waits for the thread,
-    /// which finishes queued hint writes and removals first, so no file is half written after the committer is gone.
+    /// which finishes queued hint writes and removals first, so no file is half written after
+    /// the committer is gone.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Nobody reads outcomes from here on: hang up so the thread never waits to send one.

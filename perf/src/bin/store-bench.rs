@@ -217,7 +217,8 @@ fn main() -> Result<(), StoreError> {
                 }
                 let med = |f: fn(&LatencyRun) -> f64| median(runs.iter().map(f).collect());
                 println!(
-                    "  median: write + fdatasync latency p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us; {:.0} syncs/s",
+                    "  median: write + fdatasync latency p50 {:.0} us, p99 {:.0} us, \
+                     p99.9 {:.0} us, max {:.0} us; {:.0} syncs/s",
                     med(|r| r.p50_us),
                     med(|r| r.p99_us),
                     med(|r| r.p999_us),
