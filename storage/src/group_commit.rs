@@ -169,15 +169,22 @@ impl Store {
         })
     }
 
-    /// The spare segment the store would roll into next, when it has none ready.
+    /// The spare segment the store would roll into next, when it has none ready. Without
+    /// preallocation it is an empty file: the I/O layer creates it, so the roll does not have
+    /// to create the segment file on the shard thread.
     fn spare_wanted(&self) -> Option<SpareRequest> {
-        if self.read_only || self.spare.is_some() || !self.config.preallocate_segments {
+        if self.read_only || self.spare.is_some() {
             return None;
         }
+        let bytes = if self.config.preallocate_segments {
+            self.config.segment_bytes_max
+        } else {
+            0
+        };
         Some(SpareRequest {
             dir: self.dir.clone(),
             segment: self.writer.active + 1,
-            bytes: self.config.segment_bytes_max,
+            bytes,
         })
     }
 
@@ -221,8 +228,8 @@ impl Store {
         let (file, adopt_spare) = match self.spare.take() {
             Some(spare) => (spare.file, Some(spare.path)),
             None => {
-                // No spare ready (the I/O layer does not prepare them, or it is late):
-                // create the file here, a short blocking call on this rare path.
+                // No spare ready (the I/O layer does not prepare them, or it is late, or it
+                // failed): create the file here, a short blocking call on this rare path.
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)

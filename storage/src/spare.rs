@@ -38,7 +38,8 @@ pub struct SpareRequest {
     pub dir: PathBuf,
     /// The segment number the spare is for (the active one plus one).
     pub segment: u32,
-    /// Its size: the store's `segment_bytes_max`.
+    /// Its size: the store's `segment_bytes_max`, or 0 without preallocation (an empty file
+    /// that grows with its commits).
     pub bytes: u64,
 }
 
