@@ -23,6 +23,17 @@
 //! finish: monoio reaps io_uring completions and fires timers when it parks, so a task that
 //! only ever yields starves the commit (measured in `perf/src/bin/store-bench.rs`).
 //!
+//! What still blocks the shard thread in ring mode after `Store::open`, and why:
+//! * replay's `pread` (`replay.rs`): recent data comes from the page cache in about a
+//!   microsecond, less than a ring round trip;
+//! * creating a segment file when the store rolls and no spare is ready (the housekeeping
+//!   thread is late or failing; in the measured runs it never was);
+//! * the fallback when the housekeeping queue is full: the batch writes the sealed segment's
+//!   hint through the ring, but cuts the segment with a blocking `ftruncate` (monoio 0.2.4
+//!   has no ftruncate op);
+//! * whatever the caller runs there itself: `Store::preallocate_open_segment`,
+//!   `RetentionPlan::remove_files` (use [`Committer::remove_files_later`]).
+//!
 //! Do not drop a `commit` future before it completes: the batch's outcome would be lost and
 //! the store would keep waiting for it.
 
