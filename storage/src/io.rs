@@ -300,9 +300,9 @@ impl RingFiles {
 
 /// One commit through the ring: a single `O_DSYNC` write, so the data and its sync are one
 /// op (one trip through the kernel's io-wq worker and one wake-up of the shard) instead of a
-/// write and an `fdatasync` (two of each). On ext4 a buffered write through io_uring is
-/// handed to an io-wq worker, and each hand-over and wake-up costs scheduling latency on a
-/// busy machine; measured in docs/benchmarks.md. The first commit of a segment also fsyncs
+/// write and an `fdatasync` (two of each): fdatasync always runs on an io-wq worker, and on
+/// this project's ext4 disk the buffered write did too; each hand-over and wake-up costs
+/// scheduling latency on a busy machine (measured in docs/benchmarks.md). The first commit of a segment also fsyncs
 /// the directory, concurrently with the write (the rename it makes durable is done by then).
 async fn commit_ring(files: &mut RingFiles, mut batch: CommitBatch) -> CommitDone {
     if let Err(e) = files.open_segment(&batch).await {
