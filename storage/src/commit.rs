@@ -10,7 +10,8 @@ use std::sync::Arc;
 use hark_core::MsgId;
 
 use crate::format::EndState;
-use crate::spare::{SpareRequest, SpareSegment, adopt_spare};
+use crate::hint::SegmentHint;
+use crate::spare::{SpareRequest, SpareSegment, adopt_spare, write_out_in_chunks};
 
 /// One commit: block-aligned bytes to write at `offset` of one segment file and then sync.
 ///
@@ -35,11 +36,16 @@ pub struct CommitBatch {
     pub(crate) spare_wanted: Option<SpareRequest>,
 }
 
-/// A sealed segment's hint file, written after the batch (best effort, never synced).
+/// A sealed segment's hint file (best effort, never synced), written by the committer's
+/// housekeeping thread while the batch that sealed the segment commits.
+///
+/// It carries the hint unencoded: encoding a segment's worth of summaries takes milliseconds
+/// (64 MiB of voice frames make ~100k records and a ~7 MiB hint), so it happens where the
+/// file is written, not on the shard thread that sealed the segment.
 #[derive(Debug)]
 pub struct HintWrite {
     pub(crate) path: PathBuf,
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) hint: SegmentHint,
     /// The sealed segment file and its data bytes: a preallocated segment is cut to its data
     /// first, so the hint's `segment_bytes` matches the file and the zero tail goes back to
     /// the filesystem. Not synced: if the cut is lost, the next open rescans the segment
@@ -48,13 +54,25 @@ pub struct HintWrite {
 }
 
 impl HintWrite {
-    /// Cuts the sealed segment to its data, if asked, then writes the hint to a temporary
-    /// name and renames it into place.
+    /// Cuts the sealed segment to its data, if asked, then encodes the hint, writes it to a
+    /// temporary name and renames it into place. Blocking: a shard thread must not call it.
+    ///
+    /// The bytes are pushed out to the disk chunk by chunk as they are written (not synced):
+    /// several MiB of dirty pages of a new file would otherwise be written out by the next
+    /// journal commit, which a commit's directory sync waits for.
     pub fn write_blocking(&self) -> io::Result<()> {
         self.trim_segment_blocking()?;
+        let bytes = self.hint.encode().map_err(io::Error::other)?;
         let tmp = self.path.with_extension("hint.tmp");
-        std::fs::write(&tmp, &self.bytes)?;
+        let file = File::create(&tmp)?;
+        write_out_in_chunks(&file, &bytes)?;
+        drop(file);
         std::fs::rename(&tmp, &self.path)
+    }
+
+    /// The sealed segment's number.
+    pub fn segment(&self) -> u32 {
+        self.hint.segment
     }
 
     /// Cuts the sealed segment to its data bytes (a no-op when it is not longer).
@@ -88,8 +106,9 @@ impl CommitBatch {
         self.buf.is_empty()
     }
 
-    /// Writes, syncs, and writes the hint, on the calling thread. Used by the sync thread of
-    /// the epoll fallback, by tests and by tools; a shard thread must not call it.
+    /// Writes, syncs, and writes the hint (if the batch carries one), on the calling thread.
+    /// Used by the sync thread of the epoll fallback, by tests and by tools; a shard thread
+    /// must not call it.
     pub fn write_blocking(self) -> CommitDone {
         let result = self.write_and_sync();
         let hint_result = self.hint.as_ref().map(HintWrite::write_blocking);
@@ -190,6 +209,10 @@ pub struct CommitAcks {
     pub ended: Vec<(MsgId, EndState)>,
     /// Bytes written by the commit, padding included.
     pub bytes_written: usize,
-    /// A hint file could not be written; harmless (the segment is rescanned on next open).
+    /// A hint file written with the batch could not be written; harmless (the segment is
+    /// rescanned on next open). `Committer` writes hints on its housekeeping thread and
+    /// reports their errors through `Committer::take_housekeeping_error` instead; this is
+    /// for [`CommitBatch::write_blocking`] and the committer's fallback when that thread's
+    /// queue is full.
     pub hint_error: Option<io::Error>,
 }

@@ -169,23 +169,32 @@ impl Store {
         })
     }
 
-    /// The spare segment the store would roll into next, when it has none ready.
+    /// The spare segment the store would roll into next, when it has none ready. Without
+    /// preallocation it is an empty file: the I/O layer creates it, so the roll does not have
+    /// to create the segment file on the shard thread.
     fn spare_wanted(&self) -> Option<SpareRequest> {
-        if self.read_only || self.spare.is_some() || !self.config.preallocate_segments {
+        if self.read_only || self.spare.is_some() {
             return None;
         }
+        let bytes = if self.config.preallocate_segments {
+            self.config.segment_bytes_max
+        } else {
+            0
+        };
         Some(SpareRequest {
             dir: self.dir.clone(),
             segment: self.writer.active + 1,
-            bytes: self.config.segment_bytes_max,
+            bytes,
         })
     }
 
-    /// Keeps a spare the I/O layer prepared, if it is for the next segment. One for another
-    /// segment (the store rolled without it) is deleted: a short blocking unlink, only on
-    /// that rare path.
+    /// Keeps a spare the I/O layer prepared. One asked for an earlier segment (it came late
+    /// and the store rolled without it) serves the next roll just as well: a spare is only
+    /// zeros under a temporary name, renamed to whatever segment adopts it. A second spare
+    /// (only an I/O layer that ignores `spare_wanted` sends one) is deleted: a short blocking
+    /// unlink, only on that path.
     fn take_spare(&mut self, spare: SpareSegment) {
-        if self.spare.is_none() && spare.segment == self.writer.active + 1 {
+        if self.spare.is_none() {
             self.spare = Some(spare);
         } else {
             // A leftover spare is harmless (removed on the next open), so a failed unlink
@@ -217,13 +226,10 @@ impl Store {
         let next = w.active + 1;
         let path = segment_path(&self.dir, next);
         let (file, adopt_spare) = match self.spare.take() {
-            Some(spare) if spare.segment == next => (spare.file, Some(spare.path)),
-            stale => {
-                if let Some(spare) = stale {
-                    self.take_spare(spare);
-                }
-                // No spare ready (the I/O layer does not prepare them, or it is late):
-                // create the file here, a short blocking call on this rare path.
+            Some(spare) => (spare.file, Some(spare.path)),
+            None => {
+                // No spare ready (the I/O layer does not prepare them, or it is late, or it
+                // failed): create the file here, a short blocking call on this rare path.
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -254,10 +260,9 @@ impl Store {
         w.commit_seq = 0;
         w.header_durable = false;
         w.adopt_spare = adopt_spare;
-        // A hint that cannot be encoded is skipped: the segment is rescanned on next open.
-        Ok(hint.and_then(|h| h.encode().ok()).map(|bytes| HintWrite {
+        Ok(hint.map(|hint| HintWrite {
             path: self.dir.join(hint_file_name(old)),
-            bytes,
+            hint,
             trim_segment: Some((segment_path(&self.dir, old), old_bytes)),
         }))
     }

@@ -1,7 +1,9 @@
 //! The housekeeping thread of a shard's I/O layer: the disk work that must not run on the
-//! shard thread and is not part of a commit. It prepares spare segments (a whole segment of
-//! zero writes plus an fsync) and removes the files of segments retention dropped (unlinks).
-//! One per `Committer`; the shard only ever does non-blocking channel operations with it.
+//! shard thread and is not part of a commit's durability. It prepares spare segments (a whole
+//! segment of zero writes plus an fsync), cuts sealed segments to their data and writes their
+//! hint files (encoding a hint takes milliseconds, writing it several MiB), and removes the
+//! files of segments retention dropped (unlinks). One per `Committer`; the shard only ever
+//! does non-blocking channel operations with it.
 
 use std::io;
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 
+use crate::commit::HintWrite;
 use crate::retention::RetentionPlan;
 use crate::spare::{SpareRequest, SpareSegment};
 
@@ -23,12 +26,14 @@ pub const SPARE_RETRY_AFTER_REQUESTS: u32 = 1000;
 
 enum Chore {
     Spare(SpareRequest),
+    Hint(HintWrite),
     Remove(Vec<PathBuf>),
 }
 
 enum Outcome {
     Spare(io::Result<SpareSegment>),
-    Removed(io::Result<()>),
+    /// A hint written, or a file removed.
+    Done(io::Result<()>),
 }
 
 #[derive(Debug)]
@@ -49,6 +54,7 @@ impl std::fmt::Debug for Chore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Spare(r) => f.debug_tuple("Spare").field(r).finish(),
+            Self::Hint(h) => f.debug_tuple("Hint").field(&h.segment()).finish(),
             Self::Remove(p) => f.debug_tuple("Remove").field(p).finish(),
         }
     }
@@ -58,7 +64,7 @@ impl std::fmt::Debug for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Spare(r) => f.debug_tuple("Spare").field(&r.is_ok()).finish(),
-            Self::Removed(r) => f.debug_tuple("Removed").field(&r.is_ok()).finish(),
+            Self::Done(r) => f.debug_tuple("Done").field(&r.is_ok()).finish(),
         }
     }
 }
@@ -66,8 +72,8 @@ impl std::fmt::Debug for Outcome {
 impl Housekeeper {
     pub(crate) fn start() -> io::Result<Self> {
         let (chores_tx, chores_rx) = mpsc::sync_channel::<Chore>(HOUSEKEEPING_QUEUE_MAX);
-        // Every chore sends one outcome; with at most QUEUE_MAX queued and one running, the
-        // thread never blocks on a full outcome channel.
+        // Every chore sends one outcome; the shard collects them before it queues a chore, so
+        // the thread rarely waits on a full outcome channel, and only until the next commit.
         let (outcomes_tx, outcomes_rx) = mpsc::sync_channel::<Outcome>(HOUSEKEEPING_QUEUE_MAX + 1);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
@@ -96,11 +102,8 @@ impl Housekeeper {
         if self.spare_in_progress {
             return;
         }
-        if self
-            .ready
-            .as_ref()
-            .is_some_and(|s| s.segment == request.segment)
-        {
+        // Any spare serves any segment (see `Store::take_spare`): one ready is enough.
+        if self.ready.is_some() {
             return;
         }
         if self.spare_backoff > 0 {
@@ -116,6 +119,18 @@ impl Housekeeper {
     pub(crate) fn take_spare(&mut self) -> Option<SpareSegment> {
         self.collect();
         self.ready.take()
+    }
+
+    /// Queues the cut of a sealed segment and the write of its hint file; hands the hint back
+    /// when the queue is full or the thread is gone (the caller writes it itself).
+    pub(crate) fn write_hint(&mut self, hint: HintWrite) -> Result<(), HintWrite> {
+        self.collect();
+        match self.send(Chore::Hint(hint)) {
+            Ok(()) => Ok(()),
+            Err(Chore::Hint(hint)) => Err(hint),
+            // `send` hands back the very chore it was given, so this arm never runs.
+            Err(_) => Ok(()),
+        }
     }
 
     /// Queues the removal of a retention plan's files; hands the plan back when the queue is
@@ -173,7 +188,7 @@ impl Housekeeper {
                 self.spare_backoff = SPARE_RETRY_AFTER_REQUESTS;
                 self.error = Some(e);
             }
-            Outcome::Removed(result) => {
+            Outcome::Done(result) => {
                 if let Err(e) = result {
                     self.error = Some(e);
                 }
@@ -184,10 +199,13 @@ impl Housekeeper {
 
 impl Drop for Housekeeper {
     /// Stops a spare preparation in progress (its file is removed) and waits for the thread,
-    /// which finishes queued removals first, so no file is half written after the committer
-    /// is gone.
+    /// which finishes queued hint writes and removals first, so no file is half written after
+    /// the committer is gone.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Nobody reads outcomes from here on: hang up so the thread never waits to send one.
+        let (_, hung_up) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.outcomes, hung_up));
         self.chores.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -199,11 +217,11 @@ fn housekeeping_thread(chores: Receiver<Chore>, outcomes: SyncSender<Outcome>, s
     for chore in chores {
         let outcome = match chore {
             Chore::Spare(request) => Outcome::Spare(SpareSegment::prepare_unless(&request, stop)),
-            Chore::Remove(files) => Outcome::Removed(remove_all(&files)),
+            Chore::Hint(hint) => Outcome::Done(hint.write_blocking()),
+            Chore::Remove(files) => Outcome::Done(remove_all(&files)),
         };
-        if outcomes.send(outcome).is_err() {
-            return;
-        }
+        // Outcomes hung up (the committer is being dropped): the queued chores still run.
+        let _ = outcomes.send(outcome);
     }
 }
 
@@ -282,6 +300,34 @@ mod tests {
         assert!(house.spare_in_progress, "retried after the backoff");
     }
 
+    fn hint_for(dir: &std::path::Path, segment: u32, data_bytes: u64) -> HintWrite {
+        HintWrite {
+            path: dir.join(crate::segment::hint_file_name(segment)),
+            hint: crate::hint::SegmentHint {
+                segment,
+                segment_bytes: data_bytes,
+                created_us: 77,
+                records: Vec::new(),
+            },
+            trim_segment: Some((dir.join(format!("seg-{segment}")), data_bytes)),
+        }
+    }
+
+    #[test]
+    fn a_hint_chore_cuts_the_sealed_segment_and_writes_the_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("seg-5"), vec![0u8; 64 * 1024]).unwrap();
+        let mut house = Housekeeper::start().unwrap();
+        assert!(house.write_hint(hint_for(dir.path(), 5, 8192)).is_ok());
+        house.wait_outcome();
+        assert!(house.take_error().is_none());
+        let segment = std::fs::metadata(dir.path().join("seg-5")).unwrap();
+        assert_eq!(segment.len(), 8192, "cut to its data");
+        let bytes = std::fs::read(dir.path().join(crate::segment::hint_file_name(5))).unwrap();
+        let head = crate::hint::SegmentHint::visit(&bytes, |_| {}).unwrap();
+        assert_eq!(head, (5, 8192, 77));
+    }
+
     #[test]
     fn the_queue_is_bounded_and_a_plan_comes_back_when_full() {
         let (chores, _chores_rx) = mpsc::sync_channel::<Chore>(HOUSEKEEPING_QUEUE_MAX);
@@ -302,5 +348,8 @@ mod tests {
         }
         let back = house.remove_files(plan(vec![PathBuf::from("b")]));
         assert_eq!(back.unwrap_err().files, vec![PathBuf::from("b")]);
+        // A hint comes back too: the committer then writes it with the batch.
+        let hint = hint_for(std::path::Path::new("/nowhere"), 9, 4096);
+        assert_eq!(house.write_hint(hint).unwrap_err().segment(), 9);
     }
 }

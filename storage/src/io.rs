@@ -1,7 +1,8 @@
 //! The I/O executor of a shard's commits, for use inside a monoio runtime.
 //!
-//! * [`IoMode::Ring`] (io_uring): the write, the fdatasync and the hint file go through the
-//!   ring as monoio file ops; the shard thread never blocks on the disk.
+//! * [`IoMode::Ring`] (io_uring): each commit is one `O_DSYNC` write through the ring (data
+//!   and sync in one op); renaming a spare into place and the directory fsync of a segment's
+//!   first commit go through the ring too. The shard thread never blocks on the disk.
 //! * [`IoMode::SyncThread`] (the epoll fallback, where monoio file ops are plain blocking
 //!   syscalls): one sync thread per shard does the write and the fdatasync; it hands the
 //!   result back through a channel and wakes the shard through a socket pair that the shard
@@ -13,19 +14,33 @@
 //!  store.commit_completed(done) ◄─ CommitDone ◄─────────── wake byte + result ◄──┘
 //! ```
 //!
-//! Both modes also run a housekeeping thread (`housekeeping.rs`) that prepares the next
-//! segment file ahead of need (zeroed and synced, so commits overwrite allocated blocks) and
-//! removes the files retention dropped.
+//! Both modes also run a housekeeping thread (`housekeeping.rs`) for the disk work that is
+//! not part of a commit's durability: it prepares the next segment file ahead of need (zeroed
+//! and synced, so commits overwrite allocated blocks), cuts sealed segments to their data and
+//! writes their hint files, and removes the files retention dropped.
 //!
 //! The shard's runtime must park now and then (wait on a timer or a socket) for the commit to
 //! finish: monoio reaps io_uring completions and fires timers when it parks, so a task that
 //! only ever yields starves the commit (measured in `perf/src/bin/store-bench.rs`).
 //!
+//! What still blocks the shard thread in ring mode after `Store::open`, and why:
+//! * replay's `pread` (`replay.rs`): recent data comes from the page cache in about a
+//!   microsecond, less than a ring round trip;
+//! * creating a segment file when the store rolls and no spare is ready (the housekeeping
+//!   thread is late or failing; in the measured runs it never was);
+//! * the fallback when the housekeeping queue is full: the batch writes the sealed segment's
+//!   hint through the ring, but cuts the segment with a blocking `ftruncate` (monoio 0.2.4
+//!   has no ftruncate op);
+//! * whatever the caller runs there itself: `Store::preallocate_open_segment`,
+//!   `RetentionPlan::remove_files` (use [`Committer::remove_files_later`]).
+//!
 //! Do not drop a `commit` future before it completes: the batch's outcome would be lost and
 //! the store would keep waiting for it.
 
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 
@@ -34,7 +49,6 @@ use monoio::io::AsyncReadRent;
 use crate::commit::{CommitBatch, CommitDone, HintWrite};
 use crate::housekeeping::Housekeeper;
 use crate::retention::RetentionPlan;
-use crate::spare::adopt_spare;
 
 /// How a shard's commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +83,7 @@ pub struct Committer {
 #[derive(Debug)]
 enum Inner {
     Ring {
-        /// The file of the last batch's segment, kept open across commits.
-        file: Option<(u32, monoio::fs::File)>,
+        files: RingFiles,
     },
     Thread {
         jobs: Option<SyncSender<CommitBatch>>,
@@ -86,7 +99,9 @@ impl Committer {
     /// thread and must be called on the shard's runtime thread.
     pub fn new(mode: IoMode) -> io::Result<Self> {
         let inner = match mode {
-            IoMode::Ring => Inner::Ring { file: None },
+            IoMode::Ring => Inner::Ring {
+                files: RingFiles::default(),
+            },
             IoMode::SyncThread => {
                 let (shard_end, thread_end) = StdUnixStream::pair()?;
                 shard_end.set_nonblocking(true)?;
@@ -123,8 +138,17 @@ impl Committer {
     /// Writes and syncs `batch`; the result goes to `Store::commit_completed`. When the store
     /// asks for a spare segment, the housekeeping thread starts preparing it; a prepared one
     /// travels back to the store with a later result.
+    ///
+    /// A batch that seals a segment carries the sealed segment's hint: it goes to the
+    /// housekeeping thread (the sealed segment is complete and never written again), so
+    /// neither the commit nor the shard thread waits for it.
     pub async fn commit(&mut self, mut batch: CommitBatch) -> CommitDone {
         self.house.tend(batch.spare_wanted.take());
+        if let Some(hint) = batch.hint.take() {
+            // Queue full (only when segments roll faster than the thread writes their hints):
+            // the batch carries the hint and writes it after its sync, as a fallback.
+            batch.hint = self.house.write_hint(hint).err();
+        }
         let done = self.commit_batch(batch).await;
         match self.house.take_spare() {
             Some(spare) => done.with_spare(spare),
@@ -140,16 +164,17 @@ impl Committer {
     }
 
     /// The latest error of the housekeeping thread (a spare segment that could not be
-    /// prepared, a file that could not be removed), once. Harmless to the data: without a
-    /// spare the store creates segment files itself; a file left behind is removed again by
-    /// retention after the next open.
+    /// prepared, a hint file that could not be written, a file that could not be removed),
+    /// once. Harmless to the data: without a spare the store creates segment files itself;
+    /// a missing hint costs a rescan of its segment on the next open; a file left behind is
+    /// removed again by retention after the next open.
     pub fn take_housekeeping_error(&mut self) -> Option<io::Error> {
         self.house.take_error()
     }
 
     async fn commit_batch(&mut self, batch: CommitBatch) -> CommitDone {
         match &mut self.inner {
-            Inner::Ring { file } => commit_ring(file, batch).await,
+            Inner::Ring { files } => commit_ring(files, batch).await,
             Inner::Thread {
                 jobs,
                 done,
@@ -221,39 +246,88 @@ fn sync_thread(jobs: Receiver<CommitBatch>, done: SyncSender<CommitDone>, mut wa
     }
 }
 
-async fn commit_ring(
-    cached: &mut Option<(u32, monoio::fs::File)>,
-    mut batch: CommitBatch,
-) -> CommitDone {
-    if cached.as_ref().is_none_or(|(seg, _)| *seg != batch.segment) {
-        let std = match batch.file.try_clone() {
-            Ok(std) => std,
-            Err(e) => return batch.fail(e),
-        };
-        match monoio::fs::File::from_std(std) {
-            Ok(file) => *cached = Some((batch.segment, file)),
-            Err(e) => return batch.fail(e),
+/// Ring mode's open files: the active segment's, opened `O_DSYNC` (see [`commit_ring`]) and
+/// kept across its commits, and the store directory's, for the first commit of each segment.
+#[derive(Debug, Default)]
+struct RingFiles {
+    segment: Option<(u32, monoio::fs::File)>,
+    dir: Option<(PathBuf, monoio::fs::File)>,
+}
+
+impl RingFiles {
+    /// Opens `batch`'s segment file through the ring on the first commit of a segment, after
+    /// renaming its spare into place (also through the ring).
+    async fn open_segment(&mut self, batch: &CommitBatch) -> io::Result<()> {
+        if self
+            .segment
+            .as_ref()
+            .is_some_and(|(seg, _)| *seg == batch.segment)
+        {
+            return Ok(());
         }
+        self.segment = None;
+        if let Some(from) = &batch.adopt_spare {
+            match monoio::fs::rename(from, &batch.path).await {
+                // An earlier attempt of this commit renamed it: the open below finds it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        let file = monoio::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .open(&batch.path)
+            .await?;
+        self.segment = Some((batch.segment, file));
+        Ok(())
     }
-    let Some((_, file)) = cached.as_ref() else {
+
+    /// Opens the store directory through the ring, once.
+    async fn open_dir(&mut self, dir: &Path) -> io::Result<()> {
+        if self.dir.as_ref().is_some_and(|(path, _)| path == dir) {
+            return Ok(());
+        }
+        self.dir = None;
+        let file = monoio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(dir)
+            .await?;
+        self.dir = Some((dir.to_path_buf(), file));
+        Ok(())
+    }
+}
+
+/// One commit through the ring: a single `O_DSYNC` write, so the data and its sync are one
+/// op (one trip through the kernel's io-wq worker and one wake-up of the shard) instead of a
+/// write and an `fdatasync` (two of each): fdatasync always runs on an io-wq worker, and on
+/// this project's ext4 disk the buffered write did too; each hand-over and wake-up costs
+/// scheduling latency on a busy machine (measured in docs/benchmarks.md). The first commit of a segment also fsyncs
+/// the directory, concurrently with the write (the rename it makes durable is done by then).
+async fn commit_ring(files: &mut RingFiles, mut batch: CommitBatch) -> CommitDone {
+    if let Err(e) = files.open_segment(&batch).await {
+        return batch.fail(e);
+    }
+    if let Some(dir) = &batch.sync_dir
+        && let Err(e) = files.open_dir(dir).await
+    {
+        return batch.fail(e);
+    }
+    let Some((_, file)) = &files.segment else {
         return batch.fail(io::Error::other("segment file not open"));
     };
-    if let Some(from) = &batch.adopt_spare {
-        // A rename is a short metadata operation; monoio has no rename op without a feature.
-        if let Err(e) = adopt_spare(from, &batch.path) {
-            return batch.fail(e);
-        }
-    }
     let buf = std::mem::take(&mut batch.buf);
-    let (written, buf) = file.write_all_at(buf, batch.offset).await;
+    let write = file.write_all_at(buf, batch.offset);
+    let sync_dir = async {
+        match (&batch.sync_dir, &files.dir) {
+            (None, _) => Ok(()),
+            (Some(_), Some((_, dir))) => dir.sync_all().await,
+            (Some(_), None) => Err(io::Error::other("directory not open")),
+        }
+    };
+    let ((written, buf), synced) = monoio::join!(write, sync_dir);
     batch.buf = buf;
-    let mut result = written;
-    if result.is_ok() {
-        result = file.sync_data().await;
-    }
-    if let (Ok(()), Some(dir)) = (&result, &batch.sync_dir) {
-        result = sync_dir_ring(dir).await;
-    }
+    let result = written.and(synced);
     let hint_result = match (&result, batch.hint.as_ref()) {
         (Ok(()), Some(hint)) => Some(write_hint_ring(hint).await),
         _ => None,
@@ -261,20 +335,16 @@ async fn commit_ring(
     batch.done(result, hint_result)
 }
 
-async fn sync_dir_ring(dir: &std::path::Path) -> io::Result<()> {
-    let dir = monoio::fs::File::open(dir).await?;
-    dir.sync_all().await?;
-    dir.close().await
-}
-
+/// The fallback when the housekeeping queue is full: the hint written through the ring. The
+/// cut of the sealed segment (`ftruncate`, no ring op in monoio) blocks briefly; only on
+/// this path.
 async fn write_hint_ring(hint: &HintWrite) -> io::Result<()> {
-    // Cutting the sealed segment's zero tail frees extents: a short metadata operation.
     hint.trim_segment_blocking()?;
+    let bytes = hint.hint.encode().map_err(io::Error::other)?;
     let tmp = hint.path.with_extension("hint.tmp");
     let file = monoio::fs::File::create(&tmp).await?;
-    let (written, _) = file.write_all_at(hint.bytes.clone(), 0).await;
+    let (written, _) = file.write_all_at(bytes, 0).await;
     written?;
     file.close().await?;
-    // A rename is a short metadata operation; monoio has no rename op without a feature.
-    std::fs::rename(&tmp, &hint.path)
+    monoio::fs::rename(&tmp, &hint.path).await
 }

@@ -38,7 +38,8 @@ pub struct SpareRequest {
     pub dir: PathBuf,
     /// The segment number the spare is for (the active one plus one).
     pub segment: u32,
-    /// Its size: the store's `segment_bytes_max`.
+    /// Its size: the store's `segment_bytes_max`, or 0 without preallocation (an empty file
+    /// that grows with its commits).
     pub bytes: u64,
 }
 
@@ -105,6 +106,18 @@ pub(crate) fn write_zeros(file: &File, from: u64, to: u64, stop: &AtomicBool) ->
         file.write_all_at(&zeros[..n], offset)?;
         write_out(file, offset, n as u64)?;
         offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at the start of `file` in chunks of [`ZERO_CHUNK_BYTES`], each pushed out
+/// to the disk before the next (see `write_out`); not synced.
+pub(crate) fn write_out_in_chunks(file: &File, bytes: &[u8]) -> io::Result<()> {
+    let mut offset = 0u64;
+    for chunk in bytes.chunks(ZERO_CHUNK_BYTES) {
+        file.write_all_at(chunk, offset)?;
+        write_out(file, offset, chunk.len() as u64)?;
+        offset += chunk.len() as u64;
     }
     Ok(())
 }

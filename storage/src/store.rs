@@ -325,15 +325,13 @@ impl Store {
                 records: scan.records,
             };
             // A hint that cannot be encoded or written only costs a rescan next time.
-            if let Ok(bytes) = hint.encode() {
-                let write = crate::commit::HintWrite {
-                    path: hint_path,
-                    bytes,
-                    trim_segment: trim.then(|| (path.clone(), segment_bytes)),
-                };
-                if write.write_blocking().is_ok() {
-                    report.hints_rebuilt += 1;
-                }
+            let write = crate::commit::HintWrite {
+                path: hint_path,
+                hint,
+                trim_segment: trim.then(|| (path.clone(), segment_bytes)),
+            };
+            if write.write_blocking().is_ok() {
+                report.hints_rebuilt += 1;
             }
         }
         Ok(())

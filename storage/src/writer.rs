@@ -372,7 +372,7 @@ impl Store {
     }
 
     /// Ends an open message at `now_us`. Its last frames and End record become durable with
-    /// the next commit, reported in [`CommitAcks::ended`].
+    /// the next commit, reported in [`CommitAcks::ended`](crate::CommitAcks::ended).
     pub fn end_message(
         &mut self,
         msg: MsgId,

@@ -152,3 +152,44 @@ fn a_write_error_comes_back_as_a_failed_batch_and_the_retry_succeeds() {
     let acks = store.commit_completed(done).unwrap();
     assert_eq!(acks.durable[0].durable_through_seq, 9);
 }
+
+#[test]
+fn a_ring_commit_whose_segment_cannot_be_opened_fails_and_the_retry_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreConfig::default());
+    let m = msg(2);
+    store.start_message(m, ConvId(1), b"", b"").unwrap();
+    for seq in 0..10 {
+        store.append(m, seq, &frame(2, seq)).unwrap();
+    }
+    let batch = store.poll_commit(2_000_000).unwrap().unwrap();
+    // Ring mode opens the segment by its path (O_DSYNC): move the file away for a moment.
+    let path = batch.path().to_path_buf();
+    let aside = dir.path().join("aside");
+    std::fs::rename(&path, &aside).unwrap();
+    run(async {
+        let mut committer = Committer::new(IoMode::Ring).unwrap();
+        let done = committer.commit(batch).await;
+        assert!(!done.is_ok());
+        let err = store.commit_completed(done).unwrap_err();
+        assert!(
+            matches!(err, hark_storage::StoreError::CommitFailed(_)),
+            "{err}"
+        );
+        std::fs::rename(&aside, &path).unwrap();
+        let batch = store.poll_commit(2_000_000).unwrap().unwrap();
+        let done = committer.commit(batch).await;
+        let acks = store.commit_completed(done).unwrap();
+        assert_eq!(acks.durable[0].durable_through_seq, 9);
+    });
+    drop(store);
+    let (store, report) =
+        hark_storage::Store::open(dir.path(), common::SHARD, StoreConfig::default(), 3_000_000)
+            .unwrap();
+    assert!(report.dropped.is_empty(), "{:?}", report.dropped);
+    let (frames, _) = replay_all(&store, m, 0);
+    assert_eq!(
+        frames,
+        (0..10).map(|s| (s, frame(2, s))).collect::<Vec<_>>()
+    );
+}

@@ -203,3 +203,87 @@ fn the_open_segment_can_be_preallocated_at_startup() {
     assert_eq!(store.stored_bytes(), stored);
     assert_eq!(replay_all(&store, msg(4), 0).0.len(), 30);
 }
+
+#[test]
+fn a_spare_that_comes_late_serves_the_next_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), config());
+    store
+        .start_message(msg(5), ConvId(1), b"talker", b"")
+        .unwrap();
+    append_range(&mut store, 5, 0..20);
+    // The store asks for the spare of segment 2, but it is not ready when segment 1 seals:
+    // the store creates segment 2 itself.
+    let batch = store.poll_commit(2_000_000).unwrap().unwrap();
+    let request = batch.spare_wanted().cloned().expect("spare asked for");
+    assert_eq!(request.segment, 2);
+    store.commit_completed(batch.write_blocking()).unwrap();
+    store.seal_on_next_commit();
+    append_range(&mut store, 5, 20..40);
+    let batch = store.poll_commit(3_000_000).unwrap().unwrap();
+    assert_eq!(batch.segment(), 2);
+    assert_eq!(file_len(dir.path(), 2), 0, "created, not preallocated");
+    // The spare for segment 2 arrives now, with this batch's outcome.
+    let late = SpareSegment::prepare(&request).unwrap();
+    let done = batch.write_blocking().with_spare(late);
+    store.commit_completed(done).unwrap();
+    assert!(
+        dir.path().join(spare_file_name(2)).exists(),
+        "kept, not deleted"
+    );
+    // It becomes segment 3.
+    store.seal_on_next_commit();
+    append_range(&mut store, 5, 40..60);
+    let batch = store.poll_commit(4_000_000).unwrap().unwrap();
+    assert_eq!(batch.segment(), 3);
+    assert!(
+        batch.spare_wanted().is_some(),
+        "the next spare is asked for"
+    );
+    store.commit_completed(batch.write_blocking()).unwrap();
+    assert!(!dir.path().join(spare_file_name(2)).exists(), "renamed");
+    assert_eq!(file_len(dir.path(), 3), SEGMENT_BYTES, "preallocated");
+    drop(store);
+    let (store, report) = Store::open(dir.path(), SHARD, config(), 5_000_000).unwrap();
+    assert!(report.dropped.is_empty(), "{:?}", report.dropped);
+    let (frames, _) = replay_all(&store, msg(5), 0);
+    assert_eq!(
+        frames,
+        (0..60).map(|s| (s, frame(5, s))).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn without_preallocation_the_spare_is_an_empty_file_that_grows_with_its_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        preallocate_segments: false,
+        ..config()
+    };
+    let mut store = open(dir.path(), config.clone());
+    store
+        .start_message(msg(6), ConvId(1), b"talker", b"")
+        .unwrap();
+    append_range(&mut store, 6, 0..30);
+    let batch = store.poll_commit(2_000_000).unwrap().unwrap();
+    assert_eq!(batch.spare_wanted().map(|r| r.bytes), Some(0));
+    let spare = SpareSegment::prepare(batch.spare_wanted().unwrap()).unwrap();
+    store
+        .commit_completed(batch.write_blocking().with_spare(spare))
+        .unwrap();
+    store.seal_on_next_commit();
+    append_range(&mut store, 6, 30..50);
+    commit_with_spares(&mut store, 3_000_000);
+    assert_eq!(store.segment_ids(), vec![1, 2]);
+    assert!(!dir.path().join(spare_file_name(2)).exists(), "renamed");
+    let data = store.stored_bytes() - file_len(dir.path(), 1);
+    assert_eq!(file_len(dir.path(), 2), data, "grew with its commits");
+    drop(store);
+    let (store, report) = Store::open(dir.path(), SHARD, config, 4_000_000).unwrap();
+    assert!(report.dropped.is_empty(), "{:?}", report.dropped);
+    let (frames, _) = replay_all(&store, msg(6), 0);
+    assert_eq!(
+        frames,
+        (0..50).map(|s| (s, frame(6, s))).collect::<Vec<_>>()
+    );
+}

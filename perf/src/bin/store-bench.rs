@@ -7,6 +7,9 @@
 //! * `append-peak`: append as fast as one core can, with group commit running; frames/s.
 //! * `replay`: replay of one message (default 60 s of 20 ms frames) from the page cache; frames/s.
 //! * `recovery`: open a store whose open segment holds `--mb` MiB; scan MB/s.
+//! * `disk-floor`: no store at all: one thread overwriting `--bytes` of an already written
+//!   file plus `fdatasync`, every `--interval-ms`; the latency floor of the disk that the
+//!   commit latency is judged against (run it next to `commit-latency`).
 //!
 //! Nothing here asserts a timing; the integrator copies the output into docs/benchmarks.md.
 
@@ -78,6 +81,17 @@ enum Scenario {
         #[arg(long, default_value_t = 256)]
         mb: u64,
     },
+    /// The disk's floor: pwrite over written blocks + fdatasync, nothing else.
+    DiskFloor {
+        /// Bytes per write (default: about what one commit writes at the default
+        /// commit-latency load, 10,000 messages × 50 frames/s of 100 B every 5 ms).
+        #[arg(long, default_value_t = 256 * 1024)]
+        bytes: usize,
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Every scenario with its defaults.
     All,
 }
@@ -112,6 +126,11 @@ fn main() -> Result<(), StoreError> {
                 repeats: 300,
             },
             Scenario::Recovery { mb: 256 },
+            Scenario::DiskFloor {
+                bytes: 256 * 1024,
+                interval_ms: 5,
+                seconds: 10,
+            },
         ],
         one => vec![one],
     };
@@ -183,6 +202,28 @@ fn main() -> Result<(), StoreError> {
                 println!(
                     "  median: {:.0} MB/s scanned on open (page cache warm)",
                     median(rates)
+                );
+            }
+            Scenario::DiskFloor {
+                bytes,
+                interval_ms,
+                seconds,
+            } => {
+                let runs: Vec<LatencyRun> = (0..cli.runs)
+                    .map(|_| disk_floor(&parent, bytes, interval_ms, seconds))
+                    .collect::<Result<_, _>>()?;
+                for (i, r) in runs.iter().enumerate() {
+                    println!("  run {i}: {r:?}");
+                }
+                let med = |f: fn(&LatencyRun) -> f64| median(runs.iter().map(f).collect());
+                println!(
+                    "  median: write + fdatasync latency p50 {:.0} us, p99 {:.0} us, \
+                     p99.9 {:.0} us, max {:.0} us; {:.0} syncs/s",
+                    med(|r| r.p50_us),
+                    med(|r| r.p99_us),
+                    med(|r| r.p999_us),
+                    med(|r| r.max_us),
+                    med(|r| r.commits_per_s),
                 );
             }
             Scenario::All => {}
@@ -542,4 +583,60 @@ fn recovery(parent: &Path, mb: u64) -> Result<f64, StoreError> {
     let (_store, report) = Store::open(dir.path(), SHARD, config, wall_us())?;
     let elapsed = started.elapsed().as_secs_f64();
     Ok(report.bytes_scanned as f64 / (1024.0 * 1024.0) / elapsed)
+}
+
+/// The disk's floor for commits: overwrites of `bytes` inside a file written and synced
+/// beforehand (as a preallocated segment is), each followed by `fdatasync`, on a fixed cadence
+/// and on the calling thread, with no store, runtime or second thread involved.
+fn disk_floor(
+    parent: &Path,
+    bytes: usize,
+    interval_ms: u64,
+    seconds: u64,
+) -> Result<LatencyRun, StoreError> {
+    use std::os::unix::fs::FileExt;
+    let io_err = |op: &'static str| {
+        move |e| StoreError::Io {
+            op,
+            path: parent.to_path_buf(),
+            source: e,
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("hark-disk-floor")
+        .tempdir_in(parent)
+        .map_err(io_err("create temp dir"))?;
+    let file =
+        std::fs::File::create_new(dir.path().join("floor")).map_err(io_err("create floor file"))?;
+    let writes = (seconds * 1000 / interval_ms.max(1)).max(1);
+    let block = vec![0u8; bytes.max(1)];
+    for i in 0..writes {
+        file.write_all_at(&block, i * block.len() as u64)
+            .map_err(io_err("write floor file"))?;
+    }
+    file.sync_all().map_err(io_err("sync floor file"))?;
+    let data = vec![0x5a_u8; block.len()];
+    let mut latencies = Histogram::<u64>::new(3).expect("3 digits");
+    let started = Instant::now();
+    for i in 0..writes {
+        let due = started + Duration::from_millis(i * interval_ms);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let t = Instant::now();
+        file.write_all_at(&data, i * data.len() as u64)
+            .and_then(|()| file.sync_data())
+            .map_err(io_err("write and sync"))?;
+        let _ = latencies.record(t.elapsed().as_micros() as u64);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(LatencyRun {
+        p50_us: latencies.value_at_quantile(0.50) as f64,
+        p99_us: latencies.value_at_quantile(0.99) as f64,
+        p999_us: latencies.value_at_quantile(0.999) as f64,
+        max_us: latencies.max() as f64,
+        commits_per_s: latencies.len() as f64 / elapsed,
+        cpu_ns_per_frame: 0.0,
+        frames_per_s: 0.0,
+    })
 }
