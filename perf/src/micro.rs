@@ -6,6 +6,8 @@
 //! For a noise-free figure run one benchmark under callgrind with a fixed `--iterations` and
 //! compare two iteration counts (see docs/benchmarks.md).
 
+mod fanout;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -64,16 +66,20 @@ enum Bench {
     MapUncachedWeighted128,
     /// Owner of a key through a shard's default `OwnerCache`, 1,024 live keys.
     MapCached,
+    /// One talk frame through the shard logic to four live listeners, writes reported back
+    /// (hark-core's `Shard` over its in-memory store; commits every 64 frames).
+    ShardFanout4,
 }
 
 impl Bench {
-    const ALL: [Bench; 6] = [
+    const ALL: [Bench; 7] = [
         Bench::FrameDecode,
         Bench::FrameEncode,
         Bench::FrameEncodeAlloc,
         Bench::MapUncached128,
         Bench::MapUncachedWeighted128,
         Bench::MapCached,
+        Bench::ShardFanout4,
     ];
 
     fn name(self) -> &'static str {
@@ -84,6 +90,7 @@ impl Bench {
             Bench::MapUncached128 => "map-uncached-128",
             Bench::MapUncachedWeighted128 => "map-uncached-weighted-128",
             Bench::MapCached => "map-cached",
+            Bench::ShardFanout4 => "shard-fanout-4",
         }
     }
 }
@@ -276,6 +283,18 @@ fn setup(bench: Bench) -> Result<Body<'static>, MicroError> {
                 for i in 0..n {
                     let key = black_box(keys[i as usize & (CACHED_KEYS - 1)]);
                     acc = acc.wrapping_add(owner_bits(cache.owner(&map, key)));
+                }
+                acc
+            })
+        }
+        Bench::ShardFanout4 => {
+            let mut bench = fanout::Fanout::new()?;
+            Box::new(move |n| {
+                let mut acc = 0u64;
+                for _ in 0..n {
+                    // Setup of a fresh shard cannot fail after it succeeded once; a failure
+                    // would show as zero bytes delivered.
+                    acc = acc.wrapping_add(bench.frame().unwrap_or(0));
                 }
                 acc
             })
