@@ -117,7 +117,7 @@ impl Fanout {
         let delivered = self.request(self.talker, request);
         self.seq += 1;
         self.frames += 1;
-        if self.seq % COMMIT_EVERY_FRAMES == 0 {
+        if self.seq.is_multiple_of(COMMIT_EVERY_FRAMES) {
             self.commit();
         }
         if self.seq == MESSAGE_FRAMES {
