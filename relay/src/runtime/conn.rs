@@ -125,6 +125,11 @@ impl Conn {
         }
         self.phase.set(Phase::Closing);
         self.writer_wake.notify();
+        self.shut_down_after_linger();
+    }
+
+    /// Shuts the socket down [`CLOSE_LINGER`] from now, whatever is still queued.
+    fn shut_down_after_linger(self: &Rc<Self>) {
         let conn = Rc::clone(self);
         monoio::spawn(async move {
             monoio::time::sleep(CLOSE_LINGER).await;
@@ -273,11 +278,7 @@ pub(crate) fn refuse(ctx: &SharedCtx, stream: TcpStream, goodbye: Bytes) {
     drop(reader);
     conn.halves.set(1);
     ctx.borrow_mut().writers_running += 1;
-    let linger = Rc::clone(&conn);
-    monoio::spawn(async move {
-        monoio::time::sleep(CLOSE_LINGER).await;
-        linger.shut_down();
-    });
+    conn.shut_down_after_linger();
     monoio::spawn(write_loop(Rc::clone(ctx), conn, writer));
 }
 

@@ -113,6 +113,13 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartErro
     move |source| StartError::Io { what, source }
 }
 
+/// The start-up steps every shard reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    StoreOpened,
+    Serving,
+}
+
 /// What a shard thread reports to the start thread.
 enum Report {
     StoreOpened { shard: usize, messages: usize },
@@ -229,31 +236,9 @@ impl Relay {
         map: &Membership,
         archive_txs: Vec<Sender<Arc<Archive>>>,
     ) -> Result<Self, StartError> {
-        let count = self.shards.len();
-        let fail = |relay: Self, error: StartError| {
-            relay.abort();
-            Err(error)
-        };
-        let mut opened = 0;
-        while opened < count {
-            match self.reports.recv() {
-                Ok(Report::StoreOpened { shard, messages }) => {
-                    tracing::info!(shard, messages, "store opened");
-                    opened += 1;
-                }
-                Ok(Report::Failed { shard, reason }) => {
-                    let shard = self.shards[shard].to_string();
-                    return fail(self, StartError::Shard { shard, reason });
-                }
-                Ok(other) => tracing::debug!(?other, "early report"),
-                Err(_) => {
-                    let error = StartError::Shard {
-                        shard: "?".into(),
-                        reason: "a shard thread ended during start-up".into(),
-                    };
-                    return fail(self, error);
-                }
-            }
+        if let Err(error) = self.await_reports(Stage::StoreOpened) {
+            self.abort();
+            return Err(error);
         }
         let archive = match Archive::open(&config.data_dir, map, &config.store) {
             Ok((archive, entries)) => {
@@ -266,30 +251,45 @@ impl Relay {
                 }
                 Arc::new(archive)
             }
-            Err(error) => return fail(self, StartError::Archive(error.to_string())),
+            Err(error) => {
+                self.abort();
+                return Err(StartError::Archive(error.to_string()));
+            }
         };
         for tx in archive_txs {
             let _ = tx.send(Arc::clone(&archive));
         }
-        let mut serving = 0;
-        while serving < count {
+        if let Err(error) = self.await_reports(Stage::Serving) {
+            self.abort();
+            return Err(error);
+        }
+        Ok(self)
+    }
+
+    /// Waits until every shard reported `stage`, or one failed.
+    fn await_reports(&self, stage: Stage) -> Result<(), StartError> {
+        let mut reached = 0;
+        while reached < self.shards.len() {
             match self.reports.recv() {
-                Ok(Report::Serving { .. }) => serving += 1,
+                Ok(Report::StoreOpened { shard, messages }) if stage == Stage::StoreOpened => {
+                    tracing::info!(shard, messages, "store opened");
+                    reached += 1;
+                }
+                Ok(Report::Serving { .. }) if stage == Stage::Serving => reached += 1,
                 Ok(Report::Failed { shard, reason }) => {
                     let shard = self.shards[shard].to_string();
-                    return fail(self, StartError::Shard { shard, reason });
+                    return Err(StartError::Shard { shard, reason });
                 }
                 Ok(other) => tracing::debug!(?other, "report during start-up"),
                 Err(_) => {
-                    let error = StartError::Shard {
+                    return Err(StartError::Shard {
                         shard: "?".into(),
                         reason: "a shard thread ended during start-up".into(),
-                    };
-                    return fail(self, error);
+                    });
                 }
             }
         }
-        Ok(self)
+        Ok(())
     }
 
     /// The address clients connect to (the bound port when 0 was asked).
@@ -309,9 +309,7 @@ impl Relay {
 
     /// Tells every shard to drain (see the module docs). Returns at once.
     pub fn drain(&mut self) {
-        for control in &mut self.controls {
-            let _ = control.write_all(b"d");
-        }
+        signal_drain(&mut self.controls);
     }
 
     /// A handle that starts the drain from another thread (e.g. the signal thread).
@@ -363,9 +361,14 @@ pub struct DrainHandle {
 impl DrainHandle {
     /// Tells every shard to drain. Harmless to repeat.
     pub fn drain(&mut self) {
-        for control in &mut self.controls {
-            let _ = control.write_all(b"d");
-        }
+        signal_drain(&mut self.controls);
+    }
+}
+
+/// Writes the drain byte to every shard's control socket (a shard gone already is skipped).
+fn signal_drain(controls: &mut [StdUnixStream]) {
+    for control in controls {
+        let _ = control.write_all(b"d");
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hark_core::map::{Membership, ShardWeight};
-use hark_core::protocol::{Decoder, Event, FrameKind, ListenFrom, Request, encode_request};
+use hark_core::protocol::{Decoder, Event, ListenFrom, Request, encode_request};
 use hark_core::shard::ShardConfig;
 use hark_core::token::Keyring;
 use hark_core::{ConvName, HostId, ShardId};
@@ -293,7 +293,6 @@ fn a_late_listener_replays_a_stored_message_from_its_start() {
         Event::CaughtUp { sub: 1 } => {}
         other => panic!("expected caught_up, got {other:?}"),
     }
-    let _ = FrameKind::Replay;
     relay.drain();
     relay.join();
 }
