@@ -281,28 +281,7 @@ fn a_message_left_open_by_a_crash_is_resumable_after_the_restart() {
     }
     host.commit();
     // The restart: a new shard over what the store kept, the message still open in it.
-    let store = std::mem::take(host.shard().store_mut());
-    let membership = Membership::from_hosts(
-        1,
-        [HostSpec {
-            host: HostId(1),
-            cores: vec![0],
-            weight_per_core: 1,
-        }],
-    )
-    .unwrap();
-    host.shards[0] = Shard::new(
-        ShardConfig::default(),
-        ShardId::new(1, 0),
-        membership,
-        keyring(),
-        store,
-        host.now_us,
-    );
-    host.location.clear();
-    let now = host.now_us;
-    assert_eq!(host.shard().recover_open_messages(now, &[msg]), 1);
-    host.run();
+    assert_eq!(restart_over_store(&mut host, ShardConfig::default(), msg), 1);
     let listener = host.client();
     host.listen(listener, 2, "general", ListenFrom::Live);
     let again = host.client();
@@ -354,6 +333,17 @@ fn a_recovered_message_nobody_resumes_ends_truncated_after_the_grace() {
     let msg = host.talk_started(talker, 1);
     host.frame(talker, 1, 0, b"a");
     host.commit();
+    assert_eq!(restart_over_store(&mut host, config, msg), 1);
+    host.advance_ms(1_100);
+    host.commit();
+    let info = host.shard().store().message_info(msg).unwrap();
+    assert_eq!(info.state, MessageState::Ended(EndState::Truncated));
+    assert_eq!(host.shard().live_message_count(), 0);
+}
+
+/// A restart of the host's one shard after a crash: a new shard over the old shard's store,
+/// which still holds `msg` open, recovering it. Returns how many messages are resumable.
+fn restart_over_store(host: &mut Host, config: ShardConfig, msg: MsgId) -> usize {
     let store = std::mem::take(host.shard().store_mut());
     let membership = Membership::from_hosts(
         1,
@@ -374,11 +364,7 @@ fn a_recovered_message_nobody_resumes_ends_truncated_after_the_grace() {
     );
     host.location.clear();
     let now = host.now_us;
-    host.shard().recover_open_messages(now, &[msg]);
+    let resumable = host.shard().recover_open_messages(now, &[msg]);
     host.run();
-    host.advance_ms(1_100);
-    host.commit();
-    let info = host.shard().store().message_info(msg).unwrap();
-    assert_eq!(info.state, MessageState::Ended(EndState::Truncated));
-    assert_eq!(host.shard().live_message_count(), 0);
+    resumable
 }
