@@ -39,6 +39,7 @@
 
 mod keyring;
 mod rights;
+mod secret_file;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +51,7 @@ use crate::ids::{CONV_NAME_LEN_MAX, ConvName, IdError};
 
 pub use keyring::{KEYRING_KEYS_MAX, KeyId, Keyring, KeyringError, SECRET_FILE_LEN_MAX, SecretKey};
 pub use rights::{Right, Rights};
+pub use secret_file::{SECRET_FILE_MODE_FORBIDDEN, SecretFileError, read_secret_file};
 
 /// Longest token text accepted by [`Keyring::verify`], in bytes. A minted token is at most
 /// [`TOKEN_TEXT_LEN_MINTED_MAX`] bytes, so it always fits; the slack is for future versions.

@@ -22,12 +22,12 @@
 //! data dir, never sees a partial file; if two relays race, the loser loads the winner's.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use hark_core::token::{KeyId, Keyring, KeyringError, SECRET_FILE_LEN_MAX};
+use hark_core::token::{KeyId, Keyring, SecretFileError};
 
 use crate::config::{RelayConfig, SECRET_FILE_NAME};
 
@@ -37,8 +37,6 @@ pub const GENERATED_KEY_ID: KeyId = KeyId(1);
 pub const SECRET_FILE_MODE: u32 = 0o600;
 /// Mode of a data dir the relay creates: it holds the secret.
 pub const DATA_DIR_MODE: u32 = 0o700;
-/// Permission bits a secret file may not have: any access by group or others.
-const SECRET_FILE_MODE_FORBIDDEN: u32 = 0o077;
 
 /// Where the keyring came from, for the startup log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,53 +82,10 @@ pub enum SecretError {
         /// `<data_dir>/secret`, which would have been generated on loopback.
         default_path: PathBuf,
     },
-    /// The configured secret file does not exist; it is never generated, so a typo cannot
-    /// silently start a relay with a key nobody else has. Create it or fix the path.
-    #[error("secret file {} does not exist (a configured secret file is never created)", path.display())]
-    Missing {
-        /// The path.
-        path: PathBuf,
-    },
-    /// The secret file could not be opened or read (permissions, I/O error).
-    #[error("secret file {}: {source}", path.display())]
-    Unreadable {
-        /// The path.
-        path: PathBuf,
-        /// What the OS said.
-        source: io::Error,
-    },
-    /// The path names a directory, a device or another non-regular file.
-    #[error("secret file {} is not a regular file", path.display())]
-    NotAFile {
-        /// The path.
-        path: PathBuf,
-    },
-    /// Group or others have some access to the secret file; anyone who can read it can mint
-    /// any token. `chmod 600` it.
-    #[error(
-        "secret file {} has mode {mode:04o}: group and others must have no access (chmod 600)",
-        path.display()
-    )]
-    PermissionsTooOpen {
-        /// The path.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// The file is not UTF-8 text, so not a secret file.
-    #[error("secret file {} is not UTF-8 text", path.display())]
-    NotText {
-        /// The path.
-        path: PathBuf,
-    },
-    /// The file's content is not a keyring (the message names the line, never its content).
-    #[error("secret file {}: {source}", path.display())]
-    Invalid {
-        /// The path.
-        path: PathBuf,
-        /// What hark-core's parser refused.
-        source: KeyringError,
-    },
+    /// The secret file exists but cannot be used, or a configured one is missing (it is
+    /// never generated, so a typo cannot silently start a relay with a key nobody else has).
+    #[error(transparent)]
+    File(#[from] SecretFileError),
     /// The OS gave no randomness for a new key; nothing was written. Retry, or configure
     /// `secret_file`.
     #[error("no randomness for a new secret key: {reason}")]
@@ -176,56 +131,18 @@ pub fn load_or_create_in(data_dir: &Path) -> Result<(Keyring, SecretSource), Sec
     let path = data_dir.join(SECRET_FILE_NAME);
     match read_secret_file(&path) {
         Ok(keyring) => Ok((keyring, SecretSource::Existing(path))),
-        Err(SecretError::Missing { .. }) => create_secret_file(data_dir, &path),
+        Err(SecretError::File(SecretFileError::Missing { .. })) => {
+            create_secret_file(data_dir, &path)
+        }
         Err(error) => Err(error),
     }
 }
 
-/// Reads a secret file with the checks [`load_keyring`] applies: it exists, is a regular
-/// file, grants group and others nothing, and parses with `Keyring::parse`. For `hark`,
-/// which mints with the same file.
+/// Reads a secret file with the checks [`load_keyring`] applies (hark-core's
+/// [`read_secret_file`]: it exists, is a regular file, grants group and others nothing, and
+/// parses as a keyring).
 pub fn read_secret_file(path: &Path) -> Result<Keyring, SecretError> {
-    let file = File::open(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => SecretError::Missing {
-            path: path.to_owned(),
-        },
-        _ => SecretError::Unreadable {
-            path: path.to_owned(),
-            source,
-        },
-    })?;
-    // Checked on the open file, not the path, so a swap between check and read is harmless.
-    let metadata = file.metadata().map_err(|source| SecretError::Unreadable {
-        path: path.to_owned(),
-        source,
-    })?;
-    if !metadata.is_file() {
-        return Err(SecretError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    let mode = metadata.permissions().mode() & 0o7777;
-    if mode & SECRET_FILE_MODE_FORBIDDEN != 0 {
-        return Err(SecretError::PermissionsTooOpen {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let mut bytes = Vec::new();
-    // One byte over the limit lets the parser report the file as too long.
-    file.take(SECRET_FILE_LEN_MAX as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| SecretError::Unreadable {
-            path: path.to_owned(),
-            source,
-        })?;
-    let text = String::from_utf8(bytes).map_err(|_| SecretError::NotText {
-        path: path.to_owned(),
-    })?;
-    Keyring::parse(&text).map_err(|source| SecretError::Invalid {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(hark_core::token::read_secret_file(path)?)
 }
 
 /// Creates `path` (inside `data_dir`) with a new key, or loads the file another process

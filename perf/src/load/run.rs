@@ -302,11 +302,8 @@ pub fn token(
     let Some(path) = secret_file else {
         return Ok(Bytes::new());
     };
-    use hark_core::token::{ConvPrefix, Grant, Keyring, Rights, Scope, Subject};
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| RunError::Usage(format!("cannot read {}: {e}", path.display())))?;
-    let keyring =
-        Keyring::parse(&text).map_err(|e| RunError::Usage(format!("{}: {e}", path.display())))?;
+    use hark_core::token::{ConvPrefix, Grant, Rights, Scope, Subject, read_secret_file};
+    let keyring = read_secret_file(path).map_err(|e| RunError::Usage(e.to_string()))?;
     let bad = |e: hark_core::token::TokenError| RunError::Usage(format!("cannot mint: {e}"));
     let now_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)

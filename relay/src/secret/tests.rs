@@ -4,7 +4,10 @@ use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 
 use hark_core::ConvName;
-use hark_core::token::{Grant, Right, Rights, Scope, SecretKey, Subject};
+use hark_core::token::{
+    Grant, KeyringError, Right, Rights, SECRET_FILE_LEN_MAX, Scope, SecretFileError, SecretKey,
+    Subject,
+};
 
 /// A config for `data_dir` with `extra` flags.
 fn config(data_dir: &Path, extra: &[&str]) -> RelayConfig {
@@ -109,7 +112,7 @@ fn configured_secret_missing_is_an_error_and_nothing_is_created() {
     let config = config(&data_dir, &["--secret-file", secret.to_str().unwrap()]);
     let result = load_keyring(&config);
     assert!(
-        matches!(&result, Err(SecretError::Missing { path }) if *path == secret),
+        matches!(&result, Err(SecretError::File(SecretFileError::Missing { path })) if *path == secret),
         "{result:?}"
     );
     assert!(!secret.exists() && !data_dir.exists());
@@ -123,7 +126,7 @@ fn secret_readable_by_others_is_refused() {
         write_secret(&secret, mode);
         let result = read_secret_file(&secret);
         assert!(
-            matches!(&result, Err(SecretError::PermissionsTooOpen { mode: found, .. }) if *found == mode),
+            matches!(&result, Err(SecretError::File(SecretFileError::PermissionsTooOpen { mode: found, .. })) if *found == mode),
             "{mode:o}: {result:?}"
         );
     }
@@ -142,7 +145,9 @@ fn secret_readable_by_others_is_refused() {
     fs::set_permissions(data_dir.join("secret"), fs::Permissions::from_mode(0o644)).unwrap();
     assert!(matches!(
         load_keyring(&config),
-        Err(SecretError::PermissionsTooOpen { .. })
+        Err(SecretError::File(
+            SecretFileError::PermissionsTooOpen { .. }
+        ))
     ));
 }
 
@@ -213,28 +218,28 @@ fn files_that_are_not_secrets_are_refused() {
     private(&path);
     assert!(matches!(
         read_secret_file(&path),
-        Err(SecretError::Invalid {
+        Err(SecretError::File(SecretFileError::Invalid {
             source: KeyringError::KeyIdInvalid { line: 1 },
             ..
-        })
+        }))
     ));
     fs::write(&path, "# no keys\n").unwrap();
     assert!(matches!(
         read_secret_file(&path),
-        Err(SecretError::Invalid {
+        Err(SecretError::File(SecretFileError::Invalid {
             source: KeyringError::KeysMissing,
             ..
-        })
+        }))
     ));
     fs::write(&path, [0xff, 0xfe, b'\n']).unwrap();
     assert!(matches!(
         read_secret_file(&path),
-        Err(SecretError::NotText { .. })
+        Err(SecretError::File(SecretFileError::NotText { .. }))
     ));
     fs::write(&path, "#".repeat(SECRET_FILE_LEN_MAX + 10)).unwrap();
     assert!(matches!(
         read_secret_file(&path),
-        Err(SecretError::Invalid { source: KeyringError::FileTooLong { len }, .. })
+        Err(SecretError::File(SecretFileError::Invalid { source: KeyringError::FileTooLong { len }, .. }))
             if len == SECRET_FILE_LEN_MAX + 1
     ));
 
@@ -243,13 +248,13 @@ fn files_that_are_not_secrets_are_refused() {
     private(&directory);
     assert!(matches!(
         read_secret_file(&directory),
-        Err(SecretError::NotAFile { .. })
+        Err(SecretError::File(SecretFileError::NotAFile { .. }))
     ));
 
     let through_file = path.join("below");
     assert!(matches!(
         read_secret_file(&through_file),
-        Err(SecretError::Unreadable { .. })
+        Err(SecretError::File(SecretFileError::Unreadable { .. }))
     ));
 }
 
@@ -287,7 +292,8 @@ fn an_unwritable_data_dir_is_a_create_error() {
     assert!(
         matches!(
             result,
-            Err(SecretError::Unreadable { .. } | SecretError::CreateFailed { .. })
+            Err(SecretError::File(SecretFileError::Unreadable { .. })
+                | SecretError::CreateFailed { .. })
         ),
         "{result:?}"
     );

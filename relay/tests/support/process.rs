@@ -195,12 +195,8 @@ impl RelayProcess {
 
     /// The relay's keyring, read from its secret file.
     pub fn keyring(&self) -> Keyring {
-        let path = self.secret_path();
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|error| self.fail(&format!("cannot read {}: {error}", path.display())));
-        Keyring::parse(&text).unwrap_or_else(|error| {
-            self.fail(&format!("{} does not parse: {error}", path.display()))
-        })
+        hark_core::token::read_secret_file(&self.secret_path())
+            .unwrap_or_else(|error| self.fail(&error.to_string()))
     }
 
     /// Mints `grant` exactly as given (its key id included) with the relay's keyring.

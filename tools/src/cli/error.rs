@@ -64,6 +64,9 @@ pub enum CliError {
     /// A token could not be minted or read.
     #[error("token: {0}")]
     Token(String),
+    /// The secret file tokens are minted with cannot be used (its message names the file).
+    #[error(transparent)]
+    Secret(#[from] hark_core::token::SecretFileError),
     /// `hark store verify` found damage; the report was printed.
     #[error("store verification failed: {0} problem(s) found")]
     StoreDamaged(usize),

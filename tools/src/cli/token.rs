@@ -1,14 +1,12 @@
 //! Tokens: minted from a secret file (the relay's `<data-dir>/secret`), and inspected.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use base64::Engine as _;
 use hark_core::ConvName;
 use hark_core::token::{
-    ConvPrefix, Grant, Keyring, Rights, SECRET_FILE_LEN_MAX, Scope, Subject, TOKEN_PREFIX,
-    TOKEN_TEXT_LEN_MAX,
+    ConvPrefix, Grant, Keyring, Rights, Scope, Subject, TOKEN_PREFIX, TOKEN_TEXT_LEN_MAX,
 };
 
 use super::CliError;
@@ -18,24 +16,10 @@ use super::conn::now_us;
 /// reconnect within this time works).
 pub const COMMAND_TOKEN_TTL_S: u64 = 3600;
 
-/// Reads a keyring, refusing a file that group or others may read (the relay's rule).
+/// Reads a keyring with the rules every reader of the secret file shares (hark-core's
+/// `read_secret_file`: a regular file no group or other may access, a valid keyring).
 pub fn read_keyring(path: &Path) -> Result<Keyring, CliError> {
-    let metadata = std::fs::metadata(path).map_err(|error| CliError::file(path, error))?;
-    let mode = metadata.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(CliError::file(
-            path,
-            format!(
-                "mode {:o} lets others read the secret; chmod 600 it",
-                mode & 0o777
-            ),
-        ));
-    }
-    if metadata.len() > SECRET_FILE_LEN_MAX as u64 {
-        return Err(CliError::file(path, "larger than a secret file can be"));
-    }
-    let text = std::fs::read_to_string(path).map_err(|error| CliError::file(path, error))?;
-    Keyring::parse(&text).map_err(|error| CliError::file(path, error))
+    Ok(hark_core::token::read_secret_file(path)?)
 }
 
 /// The subject a minted token names: `--as`, else `$USER`, else "hark-cli".

@@ -281,7 +281,10 @@ fn a_message_left_open_by_a_crash_is_resumable_after_the_restart() {
     }
     host.commit();
     // The restart: a new shard over what the store kept, the message still open in it.
-    assert_eq!(restart_over_store(&mut host, ShardConfig::default(), msg), 1);
+    assert_eq!(
+        restart_over_store(&mut host, ShardConfig::default(), msg),
+        1
+    );
     let listener = host.client();
     host.listen(listener, 2, "general", ListenFrom::Live);
     let again = host.client();
