@@ -7,7 +7,7 @@ use bytes::Bytes;
 use hark_core::protocol::{Event, FrameKind, MessageOutcome};
 use hark_core::{MsgId, ShardId};
 
-use support::admin::{parse_prometheus, parse_response};
+use support::admin::parse_response;
 use support::heard::{Heard, OTHER_EVENTS_MAX};
 use support::names::{conv, conv_on_core, membership, names_on_distinct_shards, owner_core};
 use support::process::{keep_tail, parse_listening_line};
@@ -209,20 +209,6 @@ fn payloads_are_reproducible_distinct_and_voice_sized() {
         assert!((PAYLOAD_LEN_MIN..=PAYLOAD_LEN_MAX).contains(&len), "{len}");
     }
     assert_eq!(sized_payload(1, 2, 1000).len(), 1000);
-}
-
-#[test]
-fn prometheus_text_is_parsed_and_bad_lines_are_refused() {
-    let text = "# HELP hark_frames_total Frames.\n# TYPE hark_frames_total counter\n\
-                hark_frames_total{shard=\"0\"} 12\nhark_up 1 1700000000000\n\n";
-    let samples = parse_prometheus(text).expect("valid");
-    assert_eq!(samples.len(), 2);
-    assert_eq!(samples[0].name, "hark_frames_total");
-    assert_eq!(samples[0].labels, "shard=\"0\"");
-    assert_eq!(samples[0].value, 12.0);
-    assert_eq!(samples[1].value, 1.0);
-    assert!(parse_prometheus("not a metric line\n").is_err());
-    assert!(parse_prometheus("9bad 1\n").is_err());
 }
 
 #[test]

@@ -11,7 +11,8 @@ use hark_core::protocol::{Event, FrameKind, HistoryEntry, ListenFrom, MessageOut
 use hark_core::{ConvName, MsgId};
 use hark_tools::client::Client;
 
-use support::admin::{get, parse_prometheus};
+use hark_tools::cli::status::parse_metrics;
+use support::admin::get;
 use support::heard::Heard;
 use support::names::{conv_on_core, names_on_distinct_shards};
 use support::process::{CLIENT_NAME, RelayOptions, RelayProcess, exited_cleanly};
@@ -214,7 +215,7 @@ fn the_admin_endpoint_answers_health_readiness_and_metrics() {
         content_type.starts_with("text/plain"),
         "Prometheus text, got {content_type:?}"
     );
-    let samples = parse_prometheus(&metrics.body)
+    let samples = parse_metrics(&metrics.body)
         .unwrap_or_else(|problem| panic!("{problem}\n{}", metrics.body));
     assert!(!samples.is_empty(), "no samples in {:?}", metrics.body);
 }

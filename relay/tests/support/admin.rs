@@ -1,4 +1,5 @@
-//! Plain HTTP/1.1 GETs to the relay's admin endpoint, and a Prometheus text checker.
+//! Plain HTTP/1.1 GETs to the relay's admin endpoint (the Prometheus text is parsed with
+//! `hark_tools::cli::status::parse_metrics`, the CLI's own parser).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -129,69 +130,4 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
         out.extend_from_slice(chunk);
         body = body.get(size + 2..).ok_or("chunk without its CRLF")?;
     }
-}
-
-/// One sample of a Prometheus text exposition.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// The metric name.
-    pub name: String,
-    /// The labels, as written between the braces (empty without).
-    pub labels: String,
-    /// The value.
-    pub value: f64,
-}
-
-/// Parses the Prometheus text format (version 0.0.4): comment lines (`# HELP`, `# TYPE`),
-/// blank lines and samples `name{labels} value [timestamp]`.
-pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
-    let mut samples = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, rest) = match line.find('{') {
-            Some(open) => {
-                let close = line[open..]
-                    .find('}')
-                    .map(|at| open + at)
-                    .ok_or_else(|| format!("line {}: unclosed labels", number + 1))?;
-                (&line[..=close], &line[close + 1..])
-            }
-            None => line
-                .split_once(' ')
-                .ok_or_else(|| format!("line {}: no value", number + 1))?,
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((name, labels)) => (name, labels.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-            && !name.starts_with(|c: char| c.is_ascii_digit());
-        if !valid_name {
-            return Err(format!("line {}: bad metric name {name:?}", number + 1));
-        }
-        let value_text = rest
-            .split_whitespace()
-            .next()
-            .ok_or_else(|| format!("line {}: no value", number + 1))?;
-        let value = match value_text {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            "NaN" => f64::NAN,
-            text => text
-                .parse()
-                .map_err(|_| format!("line {}: bad value {text:?}", number + 1))?,
-        };
-        samples.push(Sample {
-            name: name.to_owned(),
-            labels: labels.to_owned(),
-            value,
-        });
-    }
-    Ok(samples)
 }
