@@ -17,7 +17,7 @@ use support::names::{conv, names_on_distinct_shards};
 use support::process::{CLIENT_NAME, RelayProcess, now_s};
 use support::talk::{
     OPUS_HEAD, SplitMix64, TalkProgress, expect_closed, expect_error, expect_pong, payloads,
-    send_frames,
+    read_talk_until_error, send_frames,
 };
 use support::{TWO_SHARDS, WAIT, args};
 
@@ -307,21 +307,7 @@ fn a_talker_faster_than_its_rate_is_cut_off_truncated_and_others_go_on() {
     // 40 frames at once: 10 fit the burst, the rest come far faster than 50 per second.
     send_frames(&mut talker, 1, 0, &sent);
     let mut progress = TalkProgress::default();
-    loop {
-        match talker.next_event(WAIT).expect("an event") {
-            Event::Error { code, about, text } => {
-                assert_eq!(
-                    (code, about),
-                    (ErrorCode::RATE_LIMITED, ErrorSubject::TalkStream(1)),
-                    "{text}"
-                );
-                break;
-            }
-            event => progress
-                .record(1, event)
-                .unwrap_or_else(|problem| panic!("{problem}")),
-        }
-    }
+    read_talk_until_error(&mut talker, 1, &mut progress, ErrorCode::RATE_LIMITED);
     let msg_id = progress.msg_id();
 
     heard.read_until(&mut listener, WAIT, "the truncated message", |h| {

@@ -13,8 +13,8 @@ use support::heard::Heard;
 use support::names::{conv, names_on_distinct_shards};
 use support::process::{CLIENT_NAME, RelayProcess};
 use support::talk::{
-    OPUS_HEAD, expect_closed, expect_error, expect_pong, payloads, read_talk_until, send_frames,
-    sized_payload, start_message,
+    OPUS_HEAD, expect_closed, expect_error, expect_pong, payloads, read_talk_until,
+    read_talk_until_error, send_frames, sized_payload, start_message,
 };
 use support::{TWO_SHARDS, WAIT, args};
 
@@ -197,21 +197,7 @@ fn an_audio_payload_above_the_limit_ends_the_message_truncated() {
         sized_payload(1, 2, limit + 1),
     ];
     send_frames(&mut talker, 1, 0, &sent);
-    loop {
-        match talker.next_event(WAIT).expect("an event") {
-            Event::Error { code, about, text } => {
-                assert_eq!(
-                    (code, about),
-                    (ErrorCode::PAYLOAD_TOO_LARGE, ErrorSubject::TalkStream(1)),
-                    "{text}"
-                );
-                break;
-            }
-            event => talk
-                .record(1, event)
-                .unwrap_or_else(|problem| panic!("{problem}")),
-        }
-    }
+    read_talk_until_error(&mut talker, 1, &mut talk, ErrorCode::PAYLOAD_TOO_LARGE);
     heard.read_until(&mut listener, WAIT, "truncated", |h| h.has_ended(1, msg_id));
     let message = heard.message(1, msg_id);
     assert_eq!(

@@ -4,14 +4,15 @@
 
 mod support;
 
-use hark_core::protocol::{ErrorCode, ErrorSubject, Event, ListenFrom, MessageOutcome};
+use hark_core::protocol::{ErrorCode, ErrorSubject, ListenFrom, MessageOutcome};
 use hark_core::{MsgId, ShardId};
 
 use support::heard::Heard;
 use support::names::names_on_distinct_shards;
 use support::process::RelayProcess;
 use support::talk::{
-    OPUS_HEAD, expect_error, expect_pong, payloads, read_talk_until, send_frames, start_message,
+    OPUS_HEAD, expect_error, expect_pong, payloads, read_talk_until, read_talk_until_error,
+    send_frames, start_message,
 };
 use support::{TWO_SHARDS, WAIT, args};
 
@@ -32,21 +33,7 @@ fn a_seq_gap_ends_the_message_truncated_at_the_frames_before_it() {
     let sent = payloads(1, 6);
     send_frames(&mut talker, 1, 0, &sent[..3]);
     talker.talk_frame(1, 5, &sent[5]).expect("talk_frame sent");
-    loop {
-        match talker.next_event(WAIT).expect("an event") {
-            Event::Error { code, about, text } => {
-                assert_eq!(
-                    (code, about),
-                    (ErrorCode::SEQ_GAP, ErrorSubject::TalkStream(1)),
-                    "{text}"
-                );
-                break;
-            }
-            event => talk
-                .record(1, event)
-                .unwrap_or_else(|problem| panic!("{problem}")),
-        }
-    }
+    read_talk_until_error(&mut talker, 1, &mut talk, ErrorCode::SEQ_GAP);
     heard.read_until(&mut listener, WAIT, "truncated", |h| h.has_ended(1, msg_id));
     let message = heard.message(1, msg_id);
     assert_eq!(message.payloads(), sent[..3].to_vec());

@@ -149,6 +149,31 @@ pub fn read_talk_until(
     }
 }
 
+/// Reads `client`'s events into `progress` until the error that cuts talk stream `stream`,
+/// and asserts its code; panics on anything `progress` refuses, or after [`WAIT`].
+pub fn read_talk_until_error(
+    client: &mut Client,
+    stream: u32,
+    progress: &mut TalkProgress,
+    expected: ErrorCode,
+) {
+    loop {
+        match client.next_event(WAIT).expect("an event") {
+            Event::Error { code, about, text } => {
+                assert_eq!(
+                    (code, about),
+                    (expected, ErrorSubject::TalkStream(stream)),
+                    "{text}"
+                );
+                return;
+            }
+            event => progress
+                .record(stream, event)
+                .unwrap_or_else(|problem| panic!("{problem}")),
+        }
+    }
+}
+
 /// Talks a whole message: start, every payload, end; waits for `talk_ended` (and so for its
 /// durability). Returns the message id. Panics on any other event.
 pub fn talk_message(
