@@ -20,7 +20,7 @@ use super::payload::PayloadHeader;
 use super::run::{RunShared, ThreadCtx};
 use super::schedule::{Schedule, SendTiming, classify_send};
 use super::stats::record_latency;
-use super::tracker::{Arrival, MessageTracker};
+use super::tracker::MessageTracker;
 use super::wire::{
     CLIENT_NAME, Wire, WireError, describe_error, mono_now_us, put_request, read_into,
 };
@@ -164,19 +164,9 @@ pub async fn listen(ctx: Rc<ThreadCtx>, mut wire: Wire, conversations: Vec<u32>)
                             stats.foreign_frames += 1;
                             continue;
                         }
-                        match message.tracker.record(seq) {
-                            Arrival::InOrder => {}
-                            Arrival::Reordered => stats.reordered += 1,
-                            Arrival::Duplicate => {
-                                stats.duplicated += 1;
-                                continue;
-                            }
-                            Arrival::OutOfRange => {
-                                stats.foreign_frames += 1;
-                                continue;
-                            }
+                        if !stats.count_arrival(&mut message.tracker, seq) {
+                            continue;
                         }
-                        stats.unique_deliveries += 1;
                         // Late frames count from their intended time (no coordinated omission), frames
                         // released early (timer slack) from when they left.
                         let from_us = header.intended_send_us.min(header.sent_us);

@@ -27,7 +27,7 @@ use super::report::Report;
 use super::run::{RunArgs, RunError, parameters, unix_now_s, validate};
 use super::schedule::{Schedule, SendTiming, classify_send};
 use super::stats::{LoadStats, record_latency};
-use super::tracker::{Arrival, MessageTracker};
+use super::tracker::MessageTracker;
 use super::wire::mono_now_us;
 
 /// Listener connections (threads) at most; subscriptions are spread over them.
@@ -378,20 +378,10 @@ fn listen(shared: &Shared, conversations: Vec<u32>) -> Result<LoadStats, String>
                         &mut sub.message.as_mut().expect("the message was just set").1
                     }
                 };
-                match tracker.record(header.seq) {
-                    Arrival::InOrder => {}
-                    Arrival::Reordered => stats.reordered += 1,
-                    Arrival::Duplicate => {
-                        stats.duplicated += 1;
-                        continue;
-                    }
-                    Arrival::OutOfRange => {
-                        stats.foreign_frames += 1;
-                        continue;
-                    }
+                if !stats.count_arrival(tracker, header.seq) {
+                    continue;
                 }
                 sub.unique += 1;
-                stats.unique_deliveries += 1;
                 let from_us = header.intended_send_us.min(header.sent_us);
                 record_latency(&mut stats.latency_us, received_us.saturating_sub(from_us));
                 record_latency(

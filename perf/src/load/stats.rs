@@ -2,6 +2,8 @@
 
 use hdrhistogram::Histogram;
 
+use super::tracker::{Arrival, MessageTracker};
+
 /// Largest latency recorded, in µs (60 s); larger samples are recorded as this. A stalled
 /// relay is still a latency, but not one worth a bigger histogram.
 pub const LATENCY_US_MAX: u64 = 60_000_000;
@@ -92,6 +94,25 @@ impl Default for LoadStats {
 }
 
 impl LoadStats {
+    /// Counts one frame's arrival as `tracker` classifies it; returns whether it is a new
+    /// delivery (heard for the first time), whose latency the caller then records.
+    pub fn count_arrival(&mut self, tracker: &mut MessageTracker, seq: u32) -> bool {
+        match tracker.record(seq) {
+            Arrival::InOrder => {}
+            Arrival::Reordered => self.reordered += 1,
+            Arrival::Duplicate => {
+                self.duplicated += 1;
+                return false;
+            }
+            Arrival::OutOfRange => {
+                self.foreign_frames += 1;
+                return false;
+            }
+        }
+        self.unique_deliveries += 1;
+        true
+    }
+
     /// Adds another thread's numbers to these.
     pub fn merge(&mut self, other: &LoadStats) {
         self.frames_sent += other.frames_sent;
@@ -148,5 +169,20 @@ mod tests {
         assert_eq!(a.duplicated, 1);
         assert_eq!(a.latency_us.len(), 2);
         assert_eq!(a.latency_us.max(), 300);
+    }
+
+    #[test]
+    fn arrivals_are_counted_by_kind_and_only_new_ones_are_deliveries() {
+        let mut stats = LoadStats::default();
+        let mut tracker = MessageTracker::new(8);
+        let new: Vec<bool> = [0, 2, 1, 2, 9]
+            .into_iter()
+            .map(|seq| stats.count_arrival(&mut tracker, seq))
+            .collect();
+        assert_eq!(new, vec![true, true, true, false, false]);
+        assert_eq!(stats.unique_deliveries, 3);
+        assert_eq!(stats.reordered, 1);
+        assert_eq!(stats.duplicated, 1);
+        assert_eq!(stats.foreign_frames, 1);
     }
 }
