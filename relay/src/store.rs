@@ -189,16 +189,11 @@ impl BodyStore for ShardStore {
         let store = self
             .holder(cursor.msg())
             .ok_or(StoreFault::MessageUnknown(cursor.msg()))?;
-        // The shard never re-enters the store from `out`; a failed borrow would be a bug in
-        // this file, and a fresh batch keeps serving correctly if it ever happened.
-        let mut fallback = FrameBatch::new();
-        let mut borrowed = self.batch.try_borrow_mut();
-        let batch = match borrowed.as_deref_mut() {
-            Ok(batch) => batch,
-            Err(_) => &mut fallback,
-        };
+        // Invariant: `out` is the shard's own sink and never calls back into the store, so the
+        // batch is never borrowed twice.
+        let mut batch = self.batch.borrow_mut();
         let status = store
-            .replay_next(cursor, frames_max, batch)
+            .replay_next(cursor, frames_max, &mut batch)
             .map_err(fault)?;
         for (seq, frame) in batch.iter() {
             out(seq, frame);
