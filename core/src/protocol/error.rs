@@ -100,6 +100,12 @@ error_codes! {
     SHUTTING_DOWN = 401, "shutting_down", closes = false;
     /// The store cannot take or serve data right now (disk full, I/O error).
     STORE_UNAVAILABLE = 402, "store_unavailable", closes = false;
+    /// The cluster's ownership map changed while the request was on its way, or the
+    /// conversation moved: send the request again (it reaches the new owner).
+    MAP_CHANGED = 403, "map_changed", closes = false;
+    /// The host that owns the conversation, or stores the message, cannot be reached now; the
+    /// request may succeed once it is back or the map has moved the conversation.
+    OWNER_UNAVAILABLE = 404, "owner_unavailable", closes = false;
 }
 
 impl fmt::Debug for ErrorCode {

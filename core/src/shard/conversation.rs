@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::ids::{ConvId, MsgId};
+use crate::ids::{ConvId, ConvName, MsgId, ShardId};
 
 use super::session::ConnId;
 use super::store::EndState;
@@ -20,6 +20,24 @@ pub(crate) struct Conversation {
     pub listeners: Vec<ListenerRef>,
     /// Newest message started here (for subscriptions that ask the store for later ones).
     pub newest_msg: Option<MsgId>,
+    /// Set when another host owns the conversation and this shard mirrors it for its host's
+    /// listeners (see `mirror.rs`).
+    pub mirror: Option<ConvMirror>,
+}
+
+/// The mirror of a conversation owned on another host: one subscription on the owner (over
+/// this shard's uplink to it) feeds every listener of this host.
+#[derive(Debug, Clone)]
+pub(crate) struct ConvMirror {
+    /// The owner shard the subscription was opened on.
+    pub owner: ShardId,
+    /// The conversation's name (to subscribe again after a map change).
+    pub name: ConvName,
+    /// The subscription id on the uplink; `None` while detached (retried on the next tick).
+    pub sub: Option<u32>,
+    /// Messages held from an earlier subscription that the current one has not announced
+    /// again yet; those still missing when it catches up are cut here.
+    pub orphans: Vec<MsgId>,
 }
 
 impl Conversation {
@@ -29,6 +47,7 @@ impl Conversation {
             messages: Vec::new(),
             listeners: Vec::new(),
             newest_msg: None,
+            mirror: None,
         }
     }
 
@@ -63,6 +82,9 @@ pub(crate) enum Talker {
     /// Nobody, for good: the message was cut (a limit, shutdown) and only waits for its end
     /// to be durable.
     Gone,
+    /// A talker on another host: the frames come from the owner's subscription and are never
+    /// stored here (the owner stores them).
+    Mirror,
 }
 
 /// Whether a message still takes frames.

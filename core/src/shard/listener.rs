@@ -76,14 +76,31 @@ impl<S: BodyStore> Shard<S> {
             return false;
         }
         let owner = self.owner_of(conversation.id());
-        if owner != self.shard {
+        // Another host's conversation is heard through this host's edge shard for it, which
+        // mirrors it once for all of the host's listeners.
+        let serving = if self.is_local(owner) {
+            owner
+        } else {
+            self.edge_of(conversation.id())
+        };
+        if serving != self.shard {
             let request = Request::Listen {
                 sub,
                 conversation,
                 from,
             };
-            self.route_to_owner(conn, owner, request, about);
+            self.route_to_owner(conn, serving, request, about);
             return true;
+        }
+        if owner != self.shard && from != ListenFrom::Live {
+            self.send_error(
+                conn,
+                ErrorCode::OWNER_UNAVAILABLE,
+                about,
+                "listening from a message or a time to a conversation owned by another host is \
+                 not served yet; listen from live, or connect to the owner host",
+            );
+            return false;
         }
         if self.session(conn).map_or(0, |s| s.all_sub_count()) >= usize::from(self.config.subs_max)
         {
@@ -175,6 +192,15 @@ impl<S: BodyStore> Shard<S> {
                 slot: slot as u16,
             });
         }
+        if owner != self.shard {
+            let name = self
+                .session(conn)
+                .and_then(|s| s.subs.get(slot)?.as_ref())
+                .map(|s| s.conv_name.clone());
+            if let Some(name) = name {
+                self.ensure_mirror(conv_slot, &name, owner);
+            }
+        }
         self.send_event(conn, &Event::Listening { sub });
         self.pump_queue.push(conn);
         true
@@ -223,6 +249,12 @@ impl<S: BodyStore> Shard<S> {
             if let Some(conv) = self.conversations.get_mut(conv_slot) {
                 conv.listeners.retain(|l| *l != listener);
             }
+            for d in &sub.deliveries {
+                if let Some(&slot) = self.msg_by_id.get(&d.msg) {
+                    self.forget_mirrored_if_unread(slot);
+                }
+            }
+            self.drop_mirror_if_unheard(conv_slot);
             self.drop_conversation_if_idle(conv_slot);
         }
     }
@@ -546,5 +578,8 @@ impl<S: BodyStore> Shard<S> {
         let d = sub.deliveries.remove(i);
         self.release_handle(d.handle);
         self.pump_queue.push(conn);
+        if let Some(&slot) = self.msg_by_id.get(&msg) {
+            self.forget_mirrored_if_unread(slot);
+        }
     }
 }

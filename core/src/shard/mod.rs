@@ -23,6 +23,7 @@ mod history;
 mod limits;
 mod listener;
 mod memory_store;
+mod mirror;
 mod peer;
 mod recovered;
 mod routing;
@@ -153,6 +154,11 @@ pub struct Shard<S: BodyStore> {
     msg_by_id: HashMap<MsgId, u32>,
     /// Proxy sessions of connections served by other shards: (shard, its conn) -> ours.
     proxies: HashMap<(ShardId, ConnId), ConnId>,
+    /// The whole cluster's map (this host's shards and every other live host's); equal to
+    /// `local_shards` on a single host.
+    cluster: Membership,
+    /// Conversations owned on other hosts that this shard mirrors for its host's listeners.
+    mirrors: mirror::Mirrors,
     handles: Handles,
     handle_base: u32,
     actions: VecDeque<Action>,
@@ -185,6 +191,7 @@ impl<S: BodyStore> Shard<S> {
         Self {
             config,
             shard,
+            cluster: local_shards.clone(),
             local_shards,
             keyring,
             store,
@@ -198,6 +205,7 @@ impl<S: BodyStore> Shard<S> {
             messages: Slab::default(),
             msg_by_id: HashMap::new(),
             proxies: HashMap::new(),
+            mirrors: mirror::Mirrors::default(),
             handles: Handles::default(),
             // A host has at most 256 shards with distinct prefixes; more share prefixes and
             // must not serve one connection from two of them (they never do: see docs).
@@ -393,6 +401,9 @@ impl<S: BodyStore> Shard<S> {
             self.send_event(conn, &Event::Ping { nonce: now_us });
         }
         self.expire_vanished_talkers();
+        if self.mirrors.retry {
+            self.retarget_mirrors();
+        }
         if self.shutdown_close_at_us.is_some_and(|t| t <= now_us) {
             let conns: Vec<ConnId> = self.conn_ids().collect();
             for conn in conns {
@@ -400,6 +411,22 @@ impl<S: BodyStore> Shard<S> {
             }
         }
         self.finish_input();
+    }
+
+    /// The cluster's map changed (a host joined, left or died): routing follows it, and
+    /// mirrors of other hosts' conversations subscribe on their new owners. `cluster` must
+    /// hold this host's shards as given to [`Shard::new`] (or none of them while this host
+    /// drains).
+    pub fn set_cluster_map(&mut self, now_us: u64, cluster: Membership) {
+        self.now_us = now_us;
+        self.cluster = cluster;
+        self.retarget_mirrors();
+        self.finish_input();
+    }
+
+    /// The cluster map in force.
+    pub fn cluster_map(&self) -> &Membership {
+        &self.cluster
     }
 
     /// Starts draining: every session gets `go_away`, new talk streams and subscriptions are
@@ -478,9 +505,20 @@ impl<S: BodyStore> Shard<S> {
         }
     }
 
-    /// The shard of this host that owns `conv`.
+    /// The shard of the cluster that owns `conv`.
     fn owner_of(&self, conv: ConvId) -> ShardId {
+        self.cluster.owner(conv).unwrap_or(self.shard)
+    }
+
+    /// The shard of this host where its listeners of `conv` meet when another host owns it
+    /// (the conversation's owner among this host's shards alone).
+    fn edge_of(&self, conv: ConvId) -> ShardId {
         self.local_shards.owner(conv).unwrap_or(self.shard)
+    }
+
+    /// Whether `shard` runs on this host.
+    fn is_local(&self, shard: ShardId) -> bool {
+        shard.host == self.shard.host
     }
 
     /// Work left over by an input: replay pumps, the next timer.

@@ -34,7 +34,7 @@ impl<S: BodyStore> Shard<S> {
             );
             return;
         }
-        if session.is_unattached() {
+        if session.is_unattached() && self.is_local(owner) {
             let Some(session) = self.take_session(conn) else {
                 return;
             };
@@ -138,10 +138,11 @@ impl<S: BodyStore> Shard<S> {
         });
     }
 
-    fn map_version(&self) -> MapVersion {
+    /// The cluster map's version, which every routed request carries.
+    pub fn map_version(&self) -> MapVersion {
         MapVersion {
-            epoch: self.local_shards.epoch(),
-            checksum: self.local_shards.checksum(),
+            epoch: self.cluster.epoch(),
+            checksum: self.cluster.checksum(),
         }
     }
 
@@ -242,6 +243,16 @@ impl<S: BodyStore> Shard<S> {
                     self.remove_session(proxy);
                 }
             }
+            PeerMessage::Deliver { conn, bytes } if Self::is_uplink(conn) => {
+                self.uplink_deliver(from, conn, bytes);
+            }
+            PeerMessage::Close { conn } if Self::is_uplink(conn) => {
+                if self.mirrors_uplink(from) == Some(conn) {
+                    self.uplink_lost(from);
+                }
+            }
+            // A mirror's subscription ended; its events (unlistened, error) said so already.
+            PeerMessage::Released { conn, .. } if Self::is_uplink(conn) => {}
             PeerMessage::Deliver { conn, bytes } => {
                 let hard_max = self.config.send_queue_bytes_hard_max;
                 if let Some(session) = self.session_mut(conn) {
@@ -310,7 +321,7 @@ impl<S: BodyStore> Shard<S> {
         self.send_event(
             proxy,
             &Event::Error {
-                code: ErrorCode::INTERNAL,
+                code: ErrorCode::MAP_CHANGED,
                 about,
                 text: "the ownership map changed; retry".into(),
             },

@@ -428,7 +428,13 @@ impl<S: BodyStore> Shard<S> {
             frame_count: accepted,
             outcome,
         };
-        let stored = self.store.end_message(msg, self.now_us, state);
+        let mirrored = m.talker == Talker::Mirror;
+        // A mirrored message is stored by its owner, not here.
+        let stored = if mirrored {
+            Ok(())
+        } else {
+            self.store.end_message(msg, self.now_us, state)
+        };
         let mut shared = None;
         for listener in live {
             let conn = listener.listener.conn;

@@ -3,6 +3,7 @@
 
 mod bounds;
 mod catch_up;
+mod cluster;
 mod limits;
 mod live;
 mod sessions;
@@ -63,6 +64,10 @@ pub(super) struct Host {
     /// Where a connection lives now (handoffs move it): client -> (shard index, conn).
     pub location: HashMap<Client, (usize, ConnId)>,
     pub wakes: Vec<u64>,
+    /// Bytes of `Deliver` messages that crossed from one host to another.
+    pub peer_deliver_bytes: usize,
+    /// Hosts whose shards no longer receive anything (killed).
+    pub dead_hosts: Vec<HostId>,
     next_client: u32,
 }
 
@@ -106,8 +111,51 @@ impl Host {
             stalled: Vec::new(),
             location: HashMap::new(),
             wakes: Vec::new(),
+            peer_deliver_bytes: 0,
+            dead_hosts: Vec::new(),
             next_client: 0,
         }
+    }
+
+    /// Several hosts (ids 1, 2, …) of `cores` shards each, all in one thread: one cluster map
+    /// over every shard, each host's own map over its shards.
+    pub fn cluster(config: ShardConfig, hosts: u16, cores: u16) -> Self {
+        let specs: Vec<HostSpec> = (1..=hosts)
+            .map(|host| HostSpec {
+                host: HostId(host),
+                cores: (0..cores).collect(),
+                weight_per_core: 1,
+            })
+            .collect();
+        let cluster = Membership::from_hosts(2, specs.clone()).unwrap();
+        let mut shards = Vec::new();
+        for spec in specs {
+            let local = Membership::from_hosts(1, [spec.clone()]).unwrap();
+            for core in 0..cores {
+                let mut shard = Shard::new(
+                    config.clone(),
+                    ShardId::new(spec.host.0, core),
+                    local.clone(),
+                    keyring(),
+                    MemoryStore::default(),
+                    T0_US,
+                );
+                shard.set_cluster_map(T0_US, cluster.clone());
+                shards.push(shard);
+            }
+        }
+        let mut host = Self::with_cores(config, 1);
+        host.shards = shards;
+        host.run();
+        host
+    }
+
+    /// The index of shard `id` in `shards`.
+    pub fn index_of(&self, id: ShardId) -> usize {
+        self.shards
+            .iter()
+            .position(|s| s.id() == id)
+            .expect("a shard of the cluster")
     }
 
     pub fn shard(&mut self) -> &mut Shard<MemoryStore> {
@@ -285,6 +333,11 @@ impl Host {
                 let client = self
                     .client_of(shard, conn)
                     .expect("handoff of a known connection");
+                assert_eq!(
+                    to.host,
+                    self.shards[shard].id().host,
+                    "handoff across hosts"
+                );
                 let target = self
                     .shards
                     .iter()
@@ -295,11 +348,19 @@ impl Host {
             Action::WakeAt(at) => self.wakes.push(at),
             Action::ToShard { shard: to, msg } => {
                 let from = self.shards[shard].id();
+                if self.dead_hosts.contains(&to.host) || self.dead_hosts.contains(&from.host) {
+                    return;
+                }
+                if from.host != to.host
+                    && let super::PeerMessage::Deliver { bytes, .. } = &msg
+                {
+                    self.peer_deliver_bytes += bytes.len();
+                }
                 let target = self
                     .shards
                     .iter()
                     .position(|s| s.id() == to)
-                    .expect("a message to a shard of this host");
+                    .expect("a message to a shard of the cluster");
                 self.shards[target].handle_peer(self.now_us, from, msg);
             }
         }

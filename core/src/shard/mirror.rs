@@ -1,0 +1,546 @@
+//! Conversations owned on another host, mirrored for this host's listeners.
+//!
+//! Listeners of a conversation owned elsewhere in the cluster all meet on one shard of their
+//! host, its *edge* (the conversation's owner among this host's shards alone). The edge opens
+//! one subscription on the owner, from live, over its *uplink* to that owner shard (a virtual
+//! connection carried by the peer link, served on the owner by an ordinary proxy session), and
+//! turns what arrives into messages of its own: frames are appended to the message's tail and
+//! fanned out exactly as a local talker's would be, encoded once with this shard's handle. So
+//! a conversation's frames cross to each host once, not once per listener, and every listener
+//! code path (catch-up of a message in progress from its first frame, slow-listener fallback)
+//! is the owner's own code running on the tail.
+//!
+//! A mirrored message is never stored here and its tail is never trimmed by store acks; it is
+//! forgotten when it has ended and no listener of this shard still reads it, or when the last
+//! listener leaves. The owner sends a live subscription's messages in progress from their first
+//! frame, so after a new subscription (the map changed, the uplink was lost) frames this shard
+//! already holds arrive again and are dropped by sequence number; messages the new
+//! subscription does not announce before it is caught up are cut here (`truncated`).
+//!
+//! ```text
+//!  listeners ─► edge shard ── Attach, Listen{live} (uplink) ───► owner shard (other host)
+//!             ◄─ frames, encoded once ◄── Deliver{events}, once per host ──
+//!                           ── Written{n}, Unlisten, Detach ──►
+//! ```
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+
+use super::conversation::{ConvMirror, LiveMessage, MessagePhase, Talker};
+use super::peer::PeerMessage;
+use super::session::ConnId;
+use super::store::{BodyStore, EndState};
+use super::{Action, Shard};
+use crate::ids::{ConvName, MsgId, ShardId};
+use crate::map::MEMBERSHIP_SHARDS_MAX;
+use crate::protocol::{Decoder, ErrorSubject, Event, ListenFrom, MessageOutcome, Request};
+use crate::token::{ConvPrefix, Grant, Right, Rights, Scope, Subject};
+
+/// Uplink connection ids live at the top of the `u32` index space, above every session slot
+/// (`connections_max` is bounded below this), one per owner shard of the cluster.
+pub const UPLINK_INDEX_MIN: u32 = u32::MAX - MEMBERSHIP_SHARDS_MAX as u32;
+
+/// The sender name of an edge's subscriptions on the owner (for the owner's logs).
+const EDGE_SUBJECT: &str = "hark-edge";
+
+/// What a shard keeps for its mirrors and uplinks.
+#[derive(Debug, Default)]
+pub(crate) struct Mirrors {
+    /// Uplink connection per owner shard with at least one mirror.
+    uplinks: HashMap<ShardId, ConnId>,
+    /// Bumped per new uplink, so deliveries of an old one are recognised.
+    uplink_generation: u32,
+    /// (owner, subscription id) -> conversation slot.
+    subs: HashMap<(ShardId, u32), u32>,
+    /// (owner, the owner's message stream handle) -> message slot.
+    streams: HashMap<(ShardId, u32), u32>,
+    next_sub: u32,
+    /// Events delivered by an uplink, being decoded.
+    input: BytesMut,
+    decoder: Decoder,
+    /// A mirror lost its subscription: subscribe again on the next tick.
+    pub(crate) retry: bool,
+}
+
+impl<S: BodyStore> Shard<S> {
+    /// Makes sure the conversation in `conv_slot` (owned by `owner`, on another host) is fed
+    /// by a subscription on the owner.
+    pub(super) fn ensure_mirror(&mut self, conv_slot: u32, name: &ConvName, owner: ShardId) {
+        let current = self
+            .conversations
+            .get(conv_slot)
+            .and_then(|c| c.mirror.as_ref())
+            .map(|m| (m.owner, m.sub));
+        match current {
+            Some((o, Some(_))) if o == owner => {}
+            Some(_) => self.subscribe_mirror(conv_slot, owner),
+            None => {
+                if let Some(conv) = self.conversations.get_mut(conv_slot) {
+                    conv.mirror = Some(ConvMirror {
+                        owner,
+                        name: name.clone(),
+                        sub: None,
+                        orphans: Vec::new(),
+                    });
+                }
+                self.subscribe_mirror(conv_slot, owner);
+            }
+        }
+    }
+
+    /// Opens the mirror's subscription on `owner` (dropping one on another owner first).
+    fn subscribe_mirror(&mut self, conv_slot: u32, owner: ShardId) {
+        self.unsubscribe_mirror(conv_slot);
+        let Some(uplink) = self.uplink(owner) else {
+            return;
+        };
+        let sub = self.mirrors.next_sub;
+        self.mirrors.next_sub = self.mirrors.next_sub.wrapping_add(1);
+        let held: Vec<MsgId> = self
+            .conversations
+            .get(conv_slot)
+            .map(|c| {
+                c.messages
+                    .iter()
+                    .filter_map(|s| self.messages.get(*s))
+                    .filter(|m| m.phase == MessagePhase::Open)
+                    .map(|m| m.msg)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(mirror) = self
+            .conversations
+            .get_mut(conv_slot)
+            .and_then(|c| c.mirror.as_mut())
+        else {
+            return;
+        };
+        mirror.owner = owner;
+        mirror.sub = Some(sub);
+        mirror.orphans = held;
+        let conversation = mirror.name.clone();
+        self.mirrors.subs.insert((owner, sub), conv_slot);
+        self.forward(
+            uplink,
+            owner,
+            Request::Listen {
+                sub,
+                conversation,
+                from: ListenFrom::Live,
+            },
+        );
+    }
+
+    /// Closes the mirror's subscription (if open); its messages stay until a new one says
+    /// which continue.
+    fn unsubscribe_mirror(&mut self, conv_slot: u32) {
+        let Some(mirror) = self
+            .conversations
+            .get_mut(conv_slot)
+            .and_then(|c| c.mirror.as_mut())
+        else {
+            return;
+        };
+        let owner = mirror.owner;
+        let Some(sub) = mirror.sub.take() else {
+            return;
+        };
+        self.mirrors.subs.remove(&(owner, sub));
+        let held: Vec<u32> = self
+            .conversations
+            .get(conv_slot)
+            .map(|c| c.messages.clone())
+            .unwrap_or_default();
+        self.mirrors
+            .streams
+            .retain(|(o, _), slot| *o != owner || !held.contains(slot));
+        if let Some(&uplink) = self.mirrors.uplinks.get(&owner) {
+            self.forward(uplink, owner, Request::Unlisten { sub });
+        }
+        self.drop_idle_uplink(owner);
+    }
+
+    /// The uplink to `owner`, opened (attached) when there is none.
+    fn uplink(&mut self, owner: ShardId) -> Option<ConnId> {
+        if let Some(&conn) = self.mirrors.uplinks.get(&owner) {
+            return Some(conn);
+        }
+        let index = self
+            .cluster
+            .shards()
+            .iter()
+            .position(|s| s.shard == owner)?;
+        self.mirrors.uplink_generation = self.mirrors.uplink_generation.wrapping_add(1);
+        let conn = ConnId {
+            // The membership holds at most MEMBERSHIP_SHARDS_MAX shards: the index fits.
+            index: UPLINK_INDEX_MIN + index as u32,
+            generation: self.mirrors.uplink_generation,
+        };
+        self.mirrors.uplinks.insert(owner, conn);
+        let grant = self.edge_grant();
+        let session_id = self.new_session_id();
+        self.actions.push_back(Action::ToShard {
+            shard: owner,
+            msg: PeerMessage::Attach {
+                conn,
+                session_id,
+                grant,
+            },
+        });
+        Some(conn)
+    }
+
+    /// Detaches the uplink to `owner` when no mirror uses it any more.
+    fn drop_idle_uplink(&mut self, owner: ShardId) {
+        if self.mirrors.subs.keys().any(|(o, _)| *o == owner) {
+            return;
+        }
+        if let Some(conn) = self.mirrors.uplinks.remove(&owner) {
+            self.actions.push_back(Action::ToShard {
+                shard: owner,
+                msg: PeerMessage::Detach { conn },
+            });
+        }
+    }
+
+    /// This shard's uplink to `owner`, if open.
+    pub(super) fn mirrors_uplink(&self, owner: ShardId) -> Option<ConnId> {
+        self.mirrors.uplinks.get(&owner).copied()
+    }
+
+    /// Whether `conn` names an uplink (not a client connection).
+    pub(super) fn is_uplink(conn: ConnId) -> bool {
+        conn.index >= UPLINK_INDEX_MIN
+    }
+
+    /// The rights an edge holds on its owners: listening to any conversation. The peer link
+    /// that carries it is authenticated, and each client was authorised on its own host.
+    fn edge_grant(&self) -> Grant {
+        Grant {
+            // Invariant: a short printable constant is a valid subject.
+            subject: Subject::new(EDGE_SUBJECT).expect("the edge subject is valid"),
+            rights: Rights::of(&[Right::Listen]),
+            // Invariant: the empty prefix is valid.
+            scope: Scope::Prefix(ConvPrefix::new("").expect("the empty prefix is valid")),
+            expires_at_s: u64::MAX,
+            key_id: self.keyring.minting_key_id(),
+        }
+    }
+
+    /// Events the owner delivered on an uplink.
+    pub(super) fn uplink_deliver(&mut self, owner: ShardId, conn: ConnId, bytes: Bytes) {
+        if self.mirrors.uplinks.get(&owner) != Some(&conn) {
+            return; // an uplink closed since
+        }
+        // The bytes are consumed at once: credit them so the owner's queue stays short.
+        self.actions.push_back(Action::ToShard {
+            shard: owner,
+            msg: PeerMessage::Written {
+                conn,
+                n: bytes.len(),
+            },
+        });
+        let mut input = std::mem::take(&mut self.mirrors.input);
+        input.extend_from_slice(&bytes);
+        loop {
+            match self.mirrors.decoder.decode_event(&mut input) {
+                Ok(Some(event)) => self.mirror_event(owner, event),
+                Ok(None) => break,
+                Err(_) => {
+                    // The owner's shard encoded these events; garbage means the link is
+                    // broken. Start over with a new uplink.
+                    input.clear();
+                    self.mirrors.decoder = Decoder::new();
+                    self.uplink_lost(owner);
+                    break;
+                }
+            }
+        }
+        self.mirrors.input = input;
+    }
+
+    /// The owner closed the uplink (or it broke): every mirror on it subscribes again on the
+    /// next tick, wherever the map then says.
+    pub(super) fn uplink_lost(&mut self, owner: ShardId) {
+        let Some(conn) = self.mirrors.uplinks.remove(&owner) else {
+            return;
+        };
+        let lost: Vec<u32> = self
+            .mirrors
+            .subs
+            .iter()
+            .filter(|((o, _), _)| *o == owner)
+            .map(|(_, slot)| *slot)
+            .collect();
+        self.mirrors.subs.retain(|(o, _), _| *o != owner);
+        self.mirrors.streams.retain(|(o, _), _| *o != owner);
+        for slot in lost {
+            if let Some(mirror) = self
+                .conversations
+                .get_mut(slot)
+                .and_then(|c| c.mirror.as_mut())
+            {
+                mirror.sub = None;
+                self.mirrors.retry = true;
+            }
+        }
+        self.actions.push_back(Action::ToShard {
+            shard: owner,
+            msg: PeerMessage::Detach { conn },
+        });
+    }
+
+    fn mirror_event(&mut self, owner: ShardId, event: Event) {
+        match event {
+            Event::MessageStarted {
+                sub,
+                stream,
+                msg_id,
+                sender,
+                codec,
+                ..
+            } => {
+                let Some(&conv_slot) = self.mirrors.subs.get(&(owner, sub)) else {
+                    return;
+                };
+                self.mirror_message_started(owner, conv_slot, stream, msg_id, sender, codec);
+            }
+            Event::Frame {
+                stream,
+                seq,
+                payload,
+                ..
+            } => {
+                let Some(&slot) = self.mirrors.streams.get(&(owner, stream)) else {
+                    return;
+                };
+                let Some(m) = self.messages.get(slot) else {
+                    return;
+                };
+                if m.phase != MessagePhase::Open || seq < m.accepted {
+                    return; // held already (a new subscription replays from frame 0)
+                }
+                if seq > m.accepted {
+                    // A gap cannot come from the owner's in-order delivery; cut rather
+                    // than hand listeners a hole.
+                    self.mirrors.streams.remove(&(owner, stream));
+                    return self.end_mirrored(slot, EndState::Truncated);
+                }
+                self.accept_frame(slot, seq, payload);
+            }
+            Event::MessageEnded {
+                stream,
+                frame_count,
+                outcome,
+            } => {
+                let Some(slot) = self.mirrors.streams.remove(&(owner, stream)) else {
+                    return;
+                };
+                let accepted = self.messages.get(slot).map_or(0, |m| m.accepted);
+                let state = if outcome == MessageOutcome::Complete && frame_count == accepted {
+                    EndState::Complete
+                } else {
+                    EndState::Truncated
+                };
+                self.end_mirrored(slot, state);
+            }
+            Event::CaughtUp { sub } => {
+                let Some(&conv_slot) = self.mirrors.subs.get(&(owner, sub)) else {
+                    return;
+                };
+                let orphans = self
+                    .conversations
+                    .get_mut(conv_slot)
+                    .and_then(|c| c.mirror.as_mut())
+                    .map(|m| std::mem::take(&mut m.orphans))
+                    .unwrap_or_default();
+                for msg in orphans {
+                    if let Some(&slot) = self.msg_by_id.get(&msg) {
+                        self.end_mirrored(slot, EndState::Truncated);
+                    }
+                }
+            }
+            Event::Unlistened { sub }
+            | Event::Error {
+                about: ErrorSubject::Sub(sub),
+                ..
+            } => {
+                // The owner ended the subscription (it is draining, or its map differs):
+                // subscribe again on the next tick.
+                if let Some(conv_slot) = self.mirrors.subs.remove(&(owner, sub))
+                    && let Some(mirror) = self
+                        .conversations
+                        .get_mut(conv_slot)
+                        .and_then(|c| c.mirror.as_mut())
+                    && mirror.sub == Some(sub)
+                {
+                    mirror.sub = None;
+                    self.mirrors.retry = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn mirror_message_started(
+        &mut self,
+        owner: ShardId,
+        conv_slot: u32,
+        stream: u32,
+        msg: MsgId,
+        sender: String,
+        codec: Bytes,
+    ) {
+        if let Some(&slot) = self.msg_by_id.get(&msg) {
+            // Held from an earlier subscription: continue it.
+            if let Some(mirror) = self
+                .conversations
+                .get_mut(conv_slot)
+                .and_then(|c| c.mirror.as_mut())
+            {
+                mirror.orphans.retain(|m| *m != msg);
+            }
+            self.mirrors.streams.insert((owner, stream), slot);
+            return;
+        }
+        let handle = self.allocate_handle();
+        let slot = self.messages.insert(LiveMessage {
+            msg,
+            conv: conv_slot,
+            handle,
+            sender,
+            codec,
+            accepted: 0,
+            tail: Default::default(),
+            phase: MessagePhase::Open,
+            talker: Talker::Mirror,
+            live: Vec::new(),
+            stored_acked: 0,
+        });
+        self.msg_by_id.insert(msg, slot);
+        self.mirrors.streams.insert((owner, stream), slot);
+        if let Some(conv) = self.conversations.get_mut(conv_slot) {
+            conv.messages.push(slot);
+            if conv.newest_msg.is_none_or(|n| msg > n) {
+                conv.newest_msg = Some(msg);
+            }
+        }
+        self.announce_message(slot);
+    }
+
+    /// Ends a mirrored message for this shard's listeners and forgets it once none reads it.
+    fn end_mirrored(&mut self, slot: u32, state: EndState) {
+        self.end_message(slot, state);
+        self.forget_mirrored_if_unread(slot);
+    }
+
+    /// Forgets an ended mirrored message that no delivery of this shard still reads.
+    pub(super) fn forget_mirrored_if_unread(&mut self, slot: u32) {
+        let Some(m) = self.messages.get(slot) else {
+            return;
+        };
+        if m.talker != Talker::Mirror || m.phase == MessagePhase::Open {
+            return;
+        }
+        let msg = m.msg;
+        let read = self.conversations.get(m.conv).is_some_and(|conv| {
+            conv.listeners.iter().any(|l| {
+                self.session(l.conn)
+                    .and_then(|s| s.subs.get(usize::from(l.slot))?.as_ref())
+                    .is_some_and(|sub| sub.deliveries.iter().any(|d| d.msg == msg))
+            })
+        });
+        if !read {
+            self.mirrors.streams.retain(|_, s| *s != slot);
+            self.forget_message(slot, None);
+        }
+    }
+
+    /// The last listener of a mirrored conversation left: close its subscription on the
+    /// owner and forget its messages.
+    pub(super) fn drop_mirror_if_unheard(&mut self, conv_slot: u32) {
+        let Some(conv) = self.conversations.get(conv_slot) else {
+            return;
+        };
+        if conv.mirror.is_none() || !conv.listeners.is_empty() {
+            return;
+        }
+        self.unsubscribe_mirror(conv_slot);
+        let held = self
+            .conversations
+            .get(conv_slot)
+            .map(|c| c.messages.clone())
+            .unwrap_or_default();
+        for slot in held {
+            self.mirrors.streams.retain(|_, s| *s != slot);
+            self.forget_message(slot, None);
+        }
+        if let Some(conv) = self.conversations.get_mut(conv_slot) {
+            conv.mirror = None;
+        }
+        self.drop_conversation_if_idle(conv_slot);
+    }
+
+    /// After a map change or on a tick: every mirror follows its conversation's owner. A
+    /// mirror whose conversation this shard now owns becomes an ordinary conversation (its
+    /// messages in progress end here, cut: their frames are on the old owner).
+    pub(super) fn retarget_mirrors(&mut self) {
+        self.mirrors.retry = false;
+        let mirrored: Vec<(u32, ShardId, Option<u32>, crate::ids::ConvId)> = self
+            .conversations
+            .iter()
+            .filter_map(|(slot, c)| c.mirror.as_ref().map(|m| (slot, m.owner, m.sub, c.id)))
+            .collect();
+        for (slot, owner, sub, conv) in mirrored {
+            let now_owner = self.owner_of(conv);
+            if now_owner == self.shard || self.is_local(now_owner) {
+                self.unsubscribe_mirror(slot);
+                let held = self
+                    .conversations
+                    .get(slot)
+                    .map(|c| c.messages.clone())
+                    .unwrap_or_default();
+                for m in held {
+                    self.end_mirrored(m, EndState::Truncated);
+                }
+                if let Some(c) = self.conversations.get_mut(slot) {
+                    c.mirror = None;
+                }
+                if now_owner != self.shard {
+                    self.end_listeners_moved(slot);
+                }
+                self.drop_conversation_if_idle(slot);
+            } else if now_owner != owner || sub.is_none() {
+                self.subscribe_mirror(slot, now_owner);
+            }
+        }
+    }
+
+    /// The conversation's owner is now another shard of this host: its subscriptions here end
+    /// with an error that tells the client to listen again (it then reaches the owner).
+    fn end_listeners_moved(&mut self, conv_slot: u32) {
+        let listeners = self
+            .conversations
+            .get(conv_slot)
+            .map(|c| c.listeners.clone())
+            .unwrap_or_default();
+        for l in listeners {
+            let Some(sub) = self
+                .session(l.conn)
+                .and_then(|s| s.subs.get(usize::from(l.slot))?.as_ref())
+                .map(|s| s.sub)
+            else {
+                continue;
+            };
+            self.drop_subscription(l.conn, usize::from(l.slot));
+            self.send_error(
+                l.conn,
+                crate::protocol::ErrorCode::MAP_CHANGED,
+                ErrorSubject::Sub(sub),
+                "the conversation moved to another shard; listen again",
+            );
+            self.release_route(l.conn, super::RouteReleased::Sub(sub), false);
+        }
+    }
+}
