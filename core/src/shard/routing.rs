@@ -287,6 +287,52 @@ impl<S: BodyStore> Shard<S> {
         self.finish_input();
     }
 
+    /// The link to `peer` (a shard of another host) broke, or its host died: its proxies here
+    /// are dropped (their talkers' messages wait for a resume like any vanished talker), the
+    /// mirrors fed by it subscribe again on the next tick, and this shard's connections hear
+    /// `owner_unavailable` for every talk stream it served (the client resumes elsewhere).
+    pub fn peer_lost(&mut self, now_us: u64, peer: ShardId) {
+        self.now_us = now_us;
+        let proxies: Vec<ConnId> = self
+            .proxies
+            .iter()
+            .filter(|((from, _), _)| *from == peer)
+            .map(|(_, proxy)| *proxy)
+            .collect();
+        for proxy in proxies {
+            self.remove_session(proxy);
+        }
+        self.uplink_lost(peer);
+        self.mirrors.retry = true;
+        let conns: Vec<ConnId> = self
+            .conn_ids()
+            .filter(|c| self.session(*c).is_some_and(|s| s.owners.contains(&peer)))
+            .collect();
+        for conn in conns {
+            let Some(session) = self.session_mut(conn) else {
+                continue;
+            };
+            session.owners.retain(|o| *o != peer);
+            let mut lost = Vec::new();
+            session.remote_talks.retain(|(stream, owner)| {
+                if *owner == peer {
+                    lost.push(*stream);
+                }
+                *owner != peer
+            });
+            session.remote_subs.retain(|(_, owner)| *owner != peer);
+            for stream in lost {
+                self.send_error(
+                    conn,
+                    ErrorCode::OWNER_UNAVAILABLE,
+                    ErrorSubject::TalkStream(stream),
+                    "the host that owns the conversation is unreachable; resume the message",
+                );
+            }
+        }
+        self.finish_input();
+    }
+
     fn refuse_proxy(&mut self, shard: ShardId, conn: ConnId) {
         let goodbye = match self.connection_refusal() {
             Opened::Refused { goodbye } => goodbye,

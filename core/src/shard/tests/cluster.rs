@@ -224,3 +224,46 @@ fn when_the_owner_host_leaves_the_map_listeners_elsewhere_hear_the_new_owner() {
         );
     }
 }
+
+#[test]
+fn a_talker_on_another_host_hears_owner_unavailable_when_the_owner_dies_and_talks_on_after_the_map_moves()
+ {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let name = owned_by_host(&cluster, 1);
+    let talker = client_on_host(&mut cluster, 2, 0);
+    cluster.talk_start(talker, 1, &name);
+    for seq in 0..4 {
+        cluster.frame(talker, 1, seq, &[seq as u8; 40]);
+    }
+    cluster.commit();
+    cluster.dead_hosts.push(HostId(1));
+    let dead = ShardId::new(1, 0);
+    for host in [2, 3] {
+        let i = cluster.index_of(ShardId::new(host, 0));
+        let now = cluster.now_us;
+        cluster.shards[i].peer_lost(now, dead);
+    }
+    cluster.run();
+    assert_eq!(cluster.errors(talker), vec![ErrorCode::OWNER_UNAVAILABLE]);
+    let survivors = Membership::from_hosts(
+        3,
+        [2, 3].map(|host| HostSpec {
+            host: HostId(host),
+            cores: vec![0],
+            weight_per_core: 1,
+        }),
+    )
+    .unwrap();
+    for host in [2, 3] {
+        let i = cluster.index_of(ShardId::new(host, 0));
+        let now = cluster.now_us;
+        cluster.shards[i].set_cluster_map(now, survivors.clone());
+    }
+    cluster.run();
+    let listener = client_on_host(&mut cluster, 3, 0);
+    cluster.listen(listener, 1, &name, ListenFrom::Live);
+    talk_message(&mut cluster, talker, 2, &name, 8);
+    let msg = cluster.talk_started(talker, 2);
+    assert_ne!(msg.shard().host, HostId(1));
+    assert_heard_whole(&cluster, listener, msg, 8);
+}
