@@ -24,6 +24,7 @@ mod limits;
 mod listener;
 mod memory_store;
 mod peer;
+pub mod peer_wire;
 mod recovered;
 mod routing;
 mod session;
