@@ -54,7 +54,7 @@ mod wire;
 #[cfg(test)]
 mod doc_examples;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use codec::{
     Decoder, encode_event, encode_frame_event, encode_request, write_event, write_frame_event,

@@ -25,6 +25,7 @@ mod listener;
 mod memory_store;
 mod mirror;
 mod peer;
+pub mod peer_wire;
 mod recovered;
 mod routing;
 mod session;

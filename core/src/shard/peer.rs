@@ -68,7 +68,7 @@ pub enum RouteReleased {
 /// A message between shards. Plain data and `Bytes` payloads (never copied), so a peer link
 /// between hosts can carry the same messages. `conn` is always the subscriber shard's id of
 /// the client connection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerMessage {
     /// Subscriber → owner: open a proxy session for this connection, with its verified grant.
     Attach {

@@ -288,7 +288,8 @@ impl Keyring {
         out
     }
 
-    fn key(&self, key_id: KeyId) -> Option<&SecretKey> {
+    /// The key named `key_id`, for the peer link's key derivation.
+    pub(crate) fn key(&self, key_id: KeyId) -> Option<&SecretKey> {
         self.keys
             .iter()
             .find(|(id, _)| *id == key_id)

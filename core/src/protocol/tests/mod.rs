@@ -3,4 +3,4 @@
 mod limits;
 mod robustness;
 mod round_trip;
-mod strategies;
+pub(crate) mod strategies;
