@@ -42,6 +42,23 @@ pub const LOG_FILTER_LEN_MAX: usize = 1024;
 /// Name of the generated secret file inside the data dir.
 pub const SECRET_FILE_NAME: &str = "secret";
 
+/// Most seed addresses accepted.
+pub const SEEDS_MAX: usize = 64;
+
+/// How this host takes part in a cluster (docs/cluster.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// UDP gossip and TCP peer links.
+    pub listen: SocketAddr,
+    /// Other hosts' cluster addresses to join through (this host's own is left out).
+    pub seeds: Vec<SocketAddr>,
+    /// The client address other hosts hand to clients for this host; `None`: the bound
+    /// client address.
+    pub advertise: Option<SocketAddr>,
+    /// Each shard's weight in the ownership map.
+    pub weight_per_core: u32,
+}
+
 /// Everything hark-relay runs with, validated: every limit in its documented range and the
 /// shard's and the store's limits consistent with each other.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +76,8 @@ pub struct RelayConfig {
     pub cores: Vec<usize>,
     /// This host's id in the cluster; part of every `MsgId`.
     pub host_id: u16,
+    /// Cluster membership, `Some` when this relay is one host of a cluster.
+    pub cluster: Option<ClusterSettings>,
     /// The secret file, `Some` only when configured explicitly; see [`Self::secret_path`].
     pub secret_file: Option<PathBuf>,
     /// Accept an empty token on loopback connections; equal to `shard.dev_mode`.

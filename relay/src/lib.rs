@@ -22,6 +22,7 @@
 //! | `metrics`, `admin` | per-shard statistics and the Prometheus / health endpoint |
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod mesh;
 pub mod metrics;

@@ -7,6 +7,8 @@
 //! hark-relay listening client=127.0.0.1:7400 admin=127.0.0.1:7401 shards=2
 //! ```
 //!
+//! (a cluster host adds ` cluster=IP:PORT`, its bound cluster address)
+//!
 //! and drains on SIGTERM or SIGINT (exit 0), or exits 1 when a shard fails.
 
 use std::io::Write;
@@ -17,7 +19,7 @@ use hark_core::ShardId;
 use hark_relay::admin::AdminServer;
 use hark_relay::config::{ConfigError, RelayConfig};
 use hark_relay::metrics::Registry;
-use hark_relay::runtime::{Relay, RuntimeConfig};
+use hark_relay::runtime::{Relay, RuntimeCluster, RuntimeConfig};
 use hark_relay::secret::{SecretSource, load_keyring};
 use hark_relay::signals;
 
@@ -85,6 +87,12 @@ fn run(config: &RelayConfig) -> Result<ExitCode, String> {
         shard: config.shard.clone(),
         store: config.store.clone(),
         mesh_lane_capacity: config.mesh_lane_capacity,
+        cluster: config.cluster.as_ref().map(|cluster| RuntimeCluster {
+            listen: cluster.listen,
+            seeds: cluster.seeds.clone(),
+            advertise: cluster.advertise,
+            weight_per_core: cluster.weight_per_core,
+        }),
     };
     let relay = Relay::start(&runtime, config.listen, &keyring, Arc::clone(&registry))
         .map_err(|e| e.to_string())?;
@@ -112,9 +120,13 @@ fn run(config: &RelayConfig) -> Result<ExitCode, String> {
         "serving"
     );
     let mut stdout = std::io::stdout().lock();
+    let cluster = relay
+        .cluster_addr()
+        .map(|addr| format!(" cluster={addr}"))
+        .unwrap_or_default();
     let _ = writeln!(
         stdout,
-        "hark-relay listening client={} admin={} shards={}",
+        "hark-relay listening client={} admin={} shards={}{cluster}",
         relay.client_addr(),
         admin.local_addr(),
         shards.len()

@@ -81,6 +81,14 @@ pub struct ShardCounters {
     pub store_pending_bytes: u64,
     /// Counter: client frames that could not be decoded.
     pub decode_errors: u64,
+    /// Counter: bytes written to peer links (to other hosts' shards).
+    pub peer_link_bytes_out: u64,
+    /// Counter: bytes read from peer links.
+    pub peer_link_bytes_in: u64,
+    /// Counter: peer links this shard dialed that failed (connect, handshake, write, silence).
+    pub peer_link_failures: u64,
+    /// Gauge: epoch of the ownership map the shard routes by.
+    pub map_epoch: u64,
 }
 
 /// Everything one shard measures: counters, gauges and two latency distributions.
@@ -161,6 +169,18 @@ pub struct Registry {
     created: Instant,
     ready: AtomicBool,
     draining: AtomicBool,
+    cluster: Mutex<Option<ClusterGauges>>,
+}
+
+/// What a cluster host reports of its ownership map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterGauges {
+    /// The map's epoch.
+    pub epoch: u64,
+    /// The map's checksum (equal on hosts that agree on the live hosts).
+    pub checksum: u64,
+    /// Live hosts in the map.
+    pub hosts: u64,
 }
 
 struct ShardSlot {
@@ -193,7 +213,13 @@ impl Registry {
             created: Instant::now(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            cluster: Mutex::new(None),
         })
+    }
+
+    /// A cluster host's newest map (rendered as `hark_cluster_*`).
+    pub fn set_cluster(&self, gauges: ClusterGauges) {
+        *self.cluster.lock().unwrap_or_else(PoisonError::into_inner) = Some(gauges);
     }
 
     /// The shards, in slot order.
@@ -249,11 +275,13 @@ impl Registry {
                 }
             })
             .collect();
+        let cluster = *self.cluster.lock().unwrap_or_else(PoisonError::into_inner);
         render::render(
             out,
             &snapshots,
             self.ready.load(Ordering::Acquire),
             self.is_draining(),
+            cluster,
         );
     }
 }

@@ -251,6 +251,7 @@ fn the_epoll_fallback_relays_like_io_uring() {
                 OsString::from("1"),
             )],
             data_dir: None,
+            ip: None,
         },
     );
     let (on_zero, on_one) = names_on_distinct_shards("epoll");

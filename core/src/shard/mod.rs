@@ -58,6 +58,22 @@ pub use store::{
     StoreAcks, StoreFault, TimelineFrom,
 };
 
+/// Requests held at most while this shard catches up with a newer map (beyond: refused with
+/// `map_changed`).
+pub const PARKED_REQUESTS_MAX: usize = 4096;
+
+/// How long a request routed under a newer map waits for this shard to apply it, in µs.
+pub const PARKED_WAIT_US: u64 = 2_000_000;
+
+/// A request routed under a map newer than this shard's, held until the shard has it.
+#[derive(Debug)]
+struct Parked {
+    proxy: ConnId,
+    map: MapVersion,
+    request: Request,
+    until_us: u64,
+}
+
 /// Bits of a message stream handle below the shard's own prefix: a shard hands out at most
 /// 2^24 handles at once, and handles of different shards of a host never collide.
 pub const HANDLE_BITS: u32 = 24;
@@ -160,6 +176,8 @@ pub struct Shard<S: BodyStore> {
     cluster: Membership,
     /// Conversations owned on other hosts that this shard mirrors for its host's listeners.
     mirrors: mirror::Mirrors,
+    /// Requests routed under a newer map than this shard's, oldest first.
+    parked: VecDeque<Parked>,
     handles: Handles,
     handle_base: u32,
     actions: VecDeque<Action>,
@@ -207,6 +225,7 @@ impl<S: BodyStore> Shard<S> {
             msg_by_id: HashMap::new(),
             proxies: HashMap::new(),
             mirrors: mirror::Mirrors::default(),
+            parked: VecDeque::new(),
             handles: Handles::default(),
             // A host has at most 256 shards with distinct prefixes; more share prefixes and
             // must not serve one connection from two of them (they never do: see docs).
@@ -402,6 +421,9 @@ impl<S: BodyStore> Shard<S> {
             self.send_event(conn, &Event::Ping { nonce: now_us });
         }
         self.expire_vanished_talkers();
+        if !self.parked.is_empty() {
+            self.release_parked();
+        }
         if self.mirrors.retry {
             self.retarget_mirrors();
         }
@@ -422,6 +444,7 @@ impl<S: BodyStore> Shard<S> {
         self.now_us = now_us;
         self.cluster = cluster;
         self.retarget_mirrors();
+        self.release_parked();
         self.finish_input();
     }
 

@@ -14,7 +14,7 @@ use hark_storage::format::{FRAME_LEN_BYTES, FRAMES_PREFIX_BYTES, RECORD_HEADER_B
 
 use super::cores::{CORE_ID_MAX, CoreList, render_core_list};
 use super::settings::{LimitOrOff, Settings};
-use super::{ConfigError, LOG_FILTER_LEN_MAX, RelayConfig};
+use super::{ClusterSettings, ConfigError, LOG_FILTER_LEN_MAX, RelayConfig, SEEDS_MAX};
 use crate::mesh::{LANE_CAPACITY_MAX, MESH_SHARDS_MAX};
 
 /// Default client address: loopback, so a first start exposes nothing.
@@ -73,6 +73,8 @@ const fn bound(key: &'static str, min: u64, max: u64, unit: &'static str) -> Bou
 }
 
 const HOST_ID: Bound = bound("host_id", 0, u16::MAX as u64, "host id");
+const WEIGHT_PER_CORE: Bound = bound("weight_per_core", 1, 1_000_000, "weight");
+const WEIGHT_PER_CORE_DEFAULT: u64 = 100;
 const MESH_LANE_CAPACITY: Bound = bound(
     "mesh_lane_capacity",
     16,
@@ -189,6 +191,8 @@ impl Host {
 pub(crate) fn resolve(settings: Settings, host: &Host) -> Result<RelayConfig, ConfigError> {
     let shard = shard_config(&settings)?;
     let store = store_config(&settings, &shard)?;
+    let listen = settings.listen.unwrap_or(LISTEN_DEFAULT);
+    let cluster = cluster_settings(&settings, listen)?;
 
     let data_dir = settings
         .data_dir
@@ -215,11 +219,12 @@ pub(crate) fn resolve(settings: Settings, host: &Host) -> Result<RelayConfig, Co
     check_log_filter(&log)?;
 
     Ok(RelayConfig {
-        listen: settings.listen.unwrap_or(LISTEN_DEFAULT),
+        listen,
         admin: settings.admin.unwrap_or(ADMIN_DEFAULT),
         data_dir,
         cores,
         host_id: HOST_ID.check(settings.host_id.unwrap_or(0))?,
+        cluster,
         secret_file: settings.secret_file,
         dev_mode: shard.dev_mode,
         mesh_lane_capacity: MESH_LANE_CAPACITY.check(
@@ -231,6 +236,95 @@ pub(crate) fn resolve(settings: Settings, host: &Host) -> Result<RelayConfig, Co
         store,
         log,
     })
+}
+
+/// The cluster part: only with `cluster_listen`; then a host id and a shared secret file
+/// are required, and the other cluster keys are checked.
+fn cluster_settings(
+    settings: &Settings,
+    listen: SocketAddr,
+) -> Result<Option<ClusterSettings>, ConfigError> {
+    let Some(cluster_listen) = settings.cluster_listen else {
+        for (key, given) in [
+            ("seeds", settings.seeds.is_some()),
+            ("advertise", settings.advertise.is_some()),
+            ("weight_per_core", settings.weight_per_core.is_some()),
+        ] {
+            if given {
+                return Err(ConfigError::Inconsistent {
+                    key,
+                    reason: "it only applies to a cluster host; set cluster_listen too".into(),
+                });
+            }
+        }
+        return Ok(None);
+    };
+    if settings.host_id.is_none() {
+        return Err(ConfigError::Inconsistent {
+            key: "host_id",
+            reason: "a cluster host needs an explicit host id, distinct on every host".into(),
+        });
+    }
+    if settings.secret_file.is_none() {
+        return Err(ConfigError::Inconsistent {
+            key: "secret_file",
+            reason: "every host of a cluster must share one token secret file (it also \
+                     authenticates the peer links); give it with secret_file"
+                .into(),
+        });
+    }
+    if cluster_listen.ip().is_unspecified() {
+        return Err(ConfigError::Inconsistent {
+            key: "cluster_listen",
+            reason: format!(
+                "{cluster_listen} is not an address other hosts can reach; give this host's \
+                 IP (port 0 picks a free port, printed at start)"
+            ),
+        });
+    }
+    if cluster_listen == listen && listen.port() != 0 {
+        return Err(ConfigError::Inconsistent {
+            key: "cluster_listen",
+            reason: "it must differ from listen (clients and peers use separate ports)".into(),
+        });
+    }
+    let seeds: Vec<SocketAddr> = settings
+        .seeds
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|seed| *seed != cluster_listen)
+        .collect();
+    if seeds.len() > SEEDS_MAX {
+        return Err(ConfigError::Inconsistent {
+            key: "seeds",
+            reason: format!("{} addresses; at most {SEEDS_MAX}", seeds.len()),
+        });
+    }
+    // Without `advertise`, the bound client address (its port resolved when 0) is used.
+    let advertise = settings.advertise;
+    let reachable = |addr: SocketAddr| !addr.ip().is_unspecified();
+    let bad = match advertise {
+        Some(addr) => (!reachable(addr) || addr.port() == 0).then_some(addr),
+        None => (!reachable(listen)).then_some(listen),
+    };
+    if let Some(addr) = bad {
+        return Err(ConfigError::Inconsistent {
+            key: "advertise",
+            reason: format!(
+                "{addr} is not an address a client can reach; set advertise to this host's \
+                 client address"
+            ),
+        });
+    }
+    let weight_per_core =
+        WEIGHT_PER_CORE.check(settings.weight_per_core.unwrap_or(WEIGHT_PER_CORE_DEFAULT))?;
+    Ok(Some(ClusterSettings {
+        listen: cluster_listen,
+        seeds,
+        advertise,
+        weight_per_core,
+    }))
 }
 
 fn shard_config(settings: &Settings) -> Result<ShardConfig, ConfigError> {
@@ -473,6 +567,10 @@ pub(crate) fn settings_of(config: &RelayConfig) -> Settings {
         data_dir: Some(lossy(&config.data_dir)),
         cores: Some(CoreList(config.cores.clone())),
         host_id: Some(config.host_id.into()),
+        cluster_listen: config.cluster.as_ref().map(|c| c.listen),
+        seeds: config.cluster.as_ref().map(|c| c.seeds.clone()),
+        advertise: config.cluster.as_ref().and_then(|c| c.advertise),
+        weight_per_core: config.cluster.as_ref().map(|c| c.weight_per_core.into()),
         secret_file: config.secret_file.as_deref().map(lossy),
         dev_mode: Some(config.dev_mode),
         log: Some(config.log.clone()),

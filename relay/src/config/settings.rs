@@ -66,6 +66,34 @@ pub(crate) struct Settings {
     #[arg(long, value_name = "ID")]
     pub(crate) host_id: Option<u64>,
 
+    /// This host's cluster address (IP:PORT): UDP for membership gossip (SWIM) and TCP for
+    /// peer links between shards of different hosts, on the same port. Setting it makes this
+    /// relay a cluster host; it then needs --host-id and --secret-file (every host shares the
+    /// token secret, which also authenticates the peer links). [default: none, a single host]
+    #[arg(long, value_name = "IP:PORT", help_heading = "Cluster")]
+    pub(crate) cluster_listen: Option<SocketAddr>,
+
+    /// Cluster addresses of other hosts to join through, comma-separated (IP:PORT,…); at most
+    /// 64. Any one live host is enough; this host's own address is skipped.
+    /// [default: none: wait for others to join this host]
+    #[arg(
+        long,
+        value_name = "IP:PORT,...",
+        value_delimiter = ',',
+        help_heading = "Cluster"
+    )]
+    pub(crate) seeds: Option<Vec<SocketAddr>>,
+
+    /// The client address other hosts name when they send clients here (redirects, drain).
+    /// Must be a concrete address (not 0.0.0.0). [default: --listen]
+    #[arg(long, value_name = "IP:PORT", help_heading = "Cluster")]
+    pub(crate) advertise: Option<SocketAddr>,
+
+    /// Weight of each of this host's shards in the ownership map, 1..=1000000: a host's
+    /// share of conversations is its shards' weight over the cluster's total. [default: 100]
+    #[arg(long, value_name = "WEIGHT", help_heading = "Cluster")]
+    pub(crate) weight_per_core: Option<u64>,
+
     /// Token secret file (`key <id> <64 hex digits>` lines, mode 0600 or stricter); it must
     /// exist. Required when --listen is not a loopback address. [default: <data-dir>/secret,
     /// created on first start]
@@ -209,7 +237,8 @@ impl Settings {
     /// These settings where given, `lower`'s elsewhere (flags over the file).
     pub(crate) fn over(self, lower: Settings) -> Settings {
         merged!(self, lower, {
-            listen, admin, data_dir, cores, host_id, secret_file, dev_mode, log,
+            listen, admin, data_dir, cores, host_id, cluster_listen, seeds, advertise,
+            weight_per_core, secret_file, dev_mode, log,
             mesh_lane_capacity, frame_len_max, audio_payload_len_max,
             talk_frames_per_second_max, talk_burst_frames, conversations_per_connection_max,
             open_messages_per_connection_max, open_messages_per_conversation_max,

@@ -493,6 +493,11 @@ fn every_flag_is_a_toml_key_with_help_naming_its_default() {
             ("config", _) => "[default: none]".to_owned(),
             ("cores", _) => "[default: every allowed CPU]".to_owned(),
             ("secret_file", _) => "[default: <data-dir>/secret".to_owned(),
+            // Cluster keys exist only on a cluster host; their defaults are explained.
+            ("cluster_listen", _) => "[default: none, a single host]".to_owned(),
+            ("seeds", _) => "[default: none: wait for others".to_owned(),
+            ("advertise", _) => "[default: --listen]".to_owned(),
+            ("weight_per_core", _) => "[default: 100]".to_owned(),
             (_, Some(toml::Value::String(text))) => format!("[default: {text}]"),
             (_, Some(value)) => format!("[default: {value}]"),
             (_, None) => panic!("{id} is not rendered by to_toml"),
@@ -503,8 +508,9 @@ fn every_flag_is_a_toml_key_with_help_naming_its_default() {
         );
         seen += 1;
     }
-    // --config plus every key to_toml writes (all but secret_file, which is unset).
-    assert_eq!(seen, 1 + defaults.len() + 1);
+    // --config plus every key to_toml writes, plus secret_file and the four cluster keys
+    // (unset on a single host).
+    assert_eq!(seen, 1 + defaults.len() + 1 + 4);
 }
 
 fn any_setting_line() -> impl Strategy<Value = String> {
@@ -536,4 +542,83 @@ proptest! {
             prop_assert_eq!(resolve_toml(&config.to_toml()).unwrap(), config);
         }
     }
+}
+
+fn cluster_toml(extra: &str) -> String {
+    format!(
+        "host_id = 2\ncluster_listen = \"127.0.0.2:7402\"\nsecret_file = \"/etc/hark/secret\"\n{extra}"
+    )
+}
+
+#[test]
+fn a_cluster_host_is_configured_with_its_seeds_and_round_trips() {
+    let config = resolve_toml(&cluster_toml(
+        "seeds = [\"127.0.0.1:7402\", \"127.0.0.2:7402\", \"127.0.0.3:7402\"]\nweight_per_core = 50",
+    ))
+    .unwrap();
+    let cluster = config.cluster.clone().unwrap();
+    assert_eq!(
+        cluster.listen,
+        "127.0.0.2:7402".parse::<std::net::SocketAddr>().unwrap()
+    );
+    // The host's own address is left out of its seeds.
+    assert_eq!(
+        cluster.seeds,
+        vec![
+            "127.0.0.1:7402".parse::<std::net::SocketAddr>().unwrap(),
+            "127.0.0.3:7402".parse().unwrap()
+        ]
+    );
+    assert_eq!(cluster.advertise, None);
+    assert_eq!(cluster.weight_per_core, 50);
+    assert_eq!(resolve_toml(&config.to_toml()).unwrap(), config);
+    assert!(resolve_toml("").unwrap().cluster.is_none());
+}
+
+#[test]
+fn a_cluster_host_needs_a_host_id_a_shared_secret_and_reachable_addresses() {
+    let no_id = "cluster_listen = \"127.0.0.2:7402\"\nsecret_file = \"/etc/hark/secret\"";
+    assert_eq!(inconsistent_key(resolve_toml(no_id)), "host_id");
+    let no_secret = "host_id = 1\ncluster_listen = \"127.0.0.2:7402\"";
+    assert_eq!(inconsistent_key(resolve_toml(no_secret)), "secret_file");
+    let any = "host_id = 1\ncluster_listen = \"0.0.0.0:7402\"\nsecret_file = \"/s\"";
+    let port_zero = cluster_toml("listen = \"127.0.0.2:0\"\nadvertise = \"127.0.0.2:0\"");
+    assert_eq!(inconsistent_key(resolve_toml(&port_zero)), "advertise");
+    assert_eq!(inconsistent_key(resolve_toml(any)), "cluster_listen");
+    let same = cluster_toml("listen = \"127.0.0.2:7402\"");
+    assert_eq!(inconsistent_key(resolve_toml(&same)), "cluster_listen");
+    let unspecified = cluster_toml("listen = \"0.0.0.0:7400\"");
+    assert_eq!(inconsistent_key(resolve_toml(&unspecified)), "advertise");
+    for key in [
+        "seeds = []",
+        "advertise = \"127.0.0.1:1\"",
+        "weight_per_core = 5",
+    ] {
+        let expected = key.split(' ').next().unwrap();
+        assert_eq!(inconsistent_key(resolve_toml(key)), expected, "{key} alone");
+    }
+    let weight = cluster_toml("weight_per_core = 0");
+    assert!(matches!(
+        resolve_toml(&weight),
+        Err(ConfigError::OutOfRange {
+            key: "weight_per_core",
+            ..
+        })
+    ));
+    let seeds: Vec<String> = (0..65).map(|i| format!("\"127.0.1.{i}:1\"")).collect();
+    let many = cluster_toml(&format!("seeds = [{}]", seeds.join(",")));
+    assert_eq!(inconsistent_key(resolve_toml(&many)), "seeds");
+}
+
+#[test]
+fn seeds_on_the_command_line_are_comma_separated() {
+    let config = RelayConfig::from_args([
+        "hark-relay",
+        "--host-id=3",
+        "--cluster-listen=127.0.0.3:7402",
+        "--secret-file=/s",
+        "--seeds=127.0.0.1:7402,127.0.0.2:7402",
+    ])
+    .unwrap();
+    assert_eq!(config.cluster.unwrap().seeds.len(), 2);
 }

@@ -9,7 +9,7 @@ use std::fmt::{self, Write};
 use hark_core::ShardId;
 
 use super::latency::{LATENCY_BUCKET_BOUNDS_US, LatencyHistogram};
-use super::{ShardCounters, ShardStats};
+use super::{ClusterGauges, ShardCounters, ShardStats};
 
 /// One shard's published statistics, copied out of its slot for rendering.
 pub(super) struct ShardSnapshot {
@@ -61,6 +61,30 @@ const COUNTER_FAMILIES: &[CounterFamily] = &[
         kind: Kind::Counter,
         help: "Client connections refused because the shard was at its connection limit.",
         value: |c| c.connections_refused,
+    },
+    CounterFamily {
+        name: "hark_shard_map_epoch",
+        kind: Kind::Gauge,
+        help: "Epoch of the ownership map the shard routes by (a single host: 1).",
+        value: |c| c.map_epoch,
+    },
+    CounterFamily {
+        name: "hark_peer_link_sent_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes written to peer links to other hosts' shards.",
+        value: |c| c.peer_link_bytes_out,
+    },
+    CounterFamily {
+        name: "hark_peer_link_received_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes read from peer links.",
+        value: |c| c.peer_link_bytes_in,
+    },
+    CounterFamily {
+        name: "hark_peer_link_failures_total",
+        kind: Kind::Counter,
+        help: "Peer links the shard dialed that failed.",
+        value: |c| c.peer_link_failures,
     },
     CounterFamily {
         name: "hark_handoffs_out_total",
@@ -197,6 +221,9 @@ pub(super) fn family_names() -> Vec<&'static str> {
         "hark_ready",
         "hark_draining",
         "hark_shard_stats_age_seconds",
+        "hark_cluster_epoch",
+        "hark_cluster_hosts",
+        "hark_cluster_map_info",
     ];
     names.extend(COUNTER_FAMILIES.iter().map(|f| f.name));
     for family in LATENCY_FAMILIES {
@@ -207,9 +234,46 @@ pub(super) fn family_names() -> Vec<&'static str> {
 }
 
 /// Appends the exposition to `out`.
-pub(super) fn render(out: &mut String, shards: &[ShardSnapshot], ready: bool, draining: bool) {
+pub(super) fn render(
+    out: &mut String,
+    shards: &[ShardSnapshot],
+    ready: bool,
+    draining: bool,
+    cluster: Option<ClusterGauges>,
+) {
     // Writing to a String cannot fail; the `fmt::Result`s only come from the `Write` trait.
     let _ = render_into(out, shards, ready, draining);
+    if let Some(cluster) = cluster {
+        let _ = render_cluster(out, cluster);
+    }
+}
+
+fn render_cluster(out: &mut String, cluster: ClusterGauges) -> fmt::Result {
+    header(
+        out,
+        "hark_cluster_epoch",
+        "gauge",
+        "Epoch of the host's ownership map (grows with every membership change).",
+    )?;
+    writeln!(out, "hark_cluster_epoch {}", cluster.epoch)?;
+    header(
+        out,
+        "hark_cluster_hosts",
+        "gauge",
+        "Live hosts in the host's ownership map.",
+    )?;
+    writeln!(out, "hark_cluster_hosts {}", cluster.hosts)?;
+    header(
+        out,
+        "hark_cluster_map_info",
+        "gauge",
+        "Always 1; the label is the map's checksum, equal on hosts that agree on the live hosts.",
+    )?;
+    writeln!(
+        out,
+        "hark_cluster_map_info{{checksum=\"{:016x}\"}} 1",
+        cluster.checksum
+    )
 }
 
 fn render_into(

@@ -130,13 +130,29 @@ fn published_values_render_under_their_names() {
         commit_bytes: 17,
         store_pending_bytes: 18,
         decode_errors: 19,
+        peer_link_bytes_out: 20,
+        peer_link_bytes_in: 21,
+        peer_link_failures: 22,
+        map_epoch: 23,
     };
     stats.record_relay_latency_us(40);
     stats.record_relay_latency_us(60);
     stats.record_commit_latency_us(3_000);
     registry.publish(1, &stats);
+    registry.set_cluster(ClusterGauges {
+        epoch: 24,
+        checksum: 0xfeed_f00d_0000_0025,
+        hosts: 26,
+    });
 
     let text = render_text(&registry);
+    for line in [
+        "\nhark_cluster_epoch 24\n",
+        "\nhark_cluster_hosts 26\n",
+        "\nhark_cluster_map_info{checksum=\"feedf00d00000025\"} 1\n",
+    ] {
+        assert!(text.contains(line), "{line}");
+    }
     let exposition = text_check::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let expected = [
         ("hark_connections_open", 1),
@@ -158,6 +174,10 @@ fn published_values_render_under_their_names() {
         ("hark_store_committed_bytes_total", 17),
         ("hark_store_pending_bytes", 18),
         ("hark_decode_errors_total", 19),
+        ("hark_peer_link_sent_bytes_total", 20),
+        ("hark_peer_link_received_bytes_total", 21),
+        ("hark_peer_link_failures_total", 22),
+        ("hark_shard_map_epoch", 23),
     ];
     for (name, value) in expected {
         assert!(
@@ -376,7 +396,7 @@ proptest! {
 
     #[test]
     fn any_published_counters_render_as_valid_text(
-        values in proptest::array::uniform19(any::<u64>()),
+        values in proptest::array::uniform23(any::<u64>()),
         latencies in proptest::collection::vec(any::<u64>(), 0..50),
         host in any::<u16>(),
         core in any::<u16>(),
@@ -390,7 +410,8 @@ proptest! {
             &mut c.bytes_in, &mut c.bytes_out, &mut c.send_queue_bytes, &mut c.mesh_queue_depth,
             &mut c.slow_listener_fallbacks, &mut c.messages_started, &mut c.messages_ended,
             &mut c.commits, &mut c.commit_errors, &mut c.commit_bytes,
-            &mut c.store_pending_bytes, &mut c.decode_errors,
+            &mut c.store_pending_bytes, &mut c.decode_errors, &mut c.peer_link_bytes_out,
+            &mut c.peer_link_bytes_in, &mut c.peer_link_failures, &mut c.map_epoch,
         ];
         for (field, value) in fields.into_iter().zip(values) {
             *field = value;

@@ -37,6 +37,8 @@ pub(crate) enum MeshItem {
     Peer(PeerMessage),
     /// A connection moving to the shard that owns its conversation.
     HandOff(Box<HandOffSocket>),
+    /// A peer link accepted by another shard for this one.
+    Link(Box<super::link::AcceptedLink>),
 }
 
 /// A connection on its way to another shard: the socket, the input read and not decoded, the
@@ -120,6 +122,8 @@ pub(crate) struct Ctx {
     pub(crate) writers_running: usize,
     /// Notified when the shard may have finished draining.
     pub(crate) finished: Rc<Wakeup>,
+    /// Peer links to other hosts' shards; `None` on a single host.
+    pub(crate) links: Option<super::link::Links>,
 }
 
 impl Ctx {
@@ -153,11 +157,31 @@ impl Ctx {
             draining: false,
             writers_running: 0,
             finished: Rc::new(Wakeup::default()),
+            links: None,
         }
     }
 
-    /// Carries out every action the shard has queued, in order.
+    /// Carries out every action the shard has queued, in order; then tells the shard of peer
+    /// links that failed meanwhile (which may queue more actions).
     pub(crate) fn dispatch(&mut self) {
+        loop {
+            self.dispatch_actions();
+            let lost = self
+                .links
+                .as_mut()
+                .map(super::link::Links::take_lost)
+                .unwrap_or_default();
+            if lost.is_empty() {
+                return;
+            }
+            let now = super::wake::now_us();
+            for peer in lost {
+                self.shard.peer_lost(now, peer);
+            }
+        }
+    }
+
+    fn dispatch_actions(&mut self) {
         while let Some(action) = self.shard.poll_action() {
             match action {
                 Action::Send { conn, bytes } => {
@@ -173,7 +197,14 @@ impl Ctx {
                 }
                 Action::ToShard { shard, msg } => match self.index_of(shard) {
                     Some(to) => self.send_mesh(to, MeshItem::Peer(msg)),
-                    None => tracing::error!(?shard, "the shard logic addressed an unknown shard"),
+                    None => match self.links.as_mut() {
+                        Some(links) => {
+                            links.send(shard, msg);
+                        }
+                        None => {
+                            tracing::error!(?shard, "the shard logic addressed an unknown shard");
+                        }
+                    },
                 },
                 Action::HandOff { conn, to, state } => {
                     let Some(c) = self.conns.remove(&conn) else {

@@ -15,6 +15,7 @@
 
 mod conn;
 mod ctx;
+mod link;
 mod tasks;
 mod wake;
 
@@ -33,12 +34,15 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
+use hark_core::cluster::{ClusterConfig, ClusterNode, HostCard};
 use hark_core::map::{Membership, ShardWeight};
+use hark_core::shard::peer_wire::LinkKeys;
 use hark_core::shard::{Shard, ShardConfig};
-use hark_core::token::Keyring;
+use hark_core::token::{KeyId, Keyring};
 use hark_core::{HostId, ShardId};
 use hark_storage::{Committer, IoMode, Store, StoreConfig};
 
+use crate::cluster::MapBoard;
 use crate::mesh::{ShardLinks, mesh};
 use crate::metrics::Registry;
 use crate::store::{Archive, ShardStore};
@@ -64,6 +68,30 @@ pub struct RuntimeConfig {
     pub store: StoreConfig,
     /// Items per cross-shard queue.
     pub mesh_lane_capacity: usize,
+    /// How this host joins a cluster; `None` on a single host.
+    pub cluster: Option<RuntimeCluster>,
+}
+
+/// A cluster host's membership settings (see `docs/cluster.md`).
+#[derive(Debug, Clone)]
+pub struct RuntimeCluster {
+    /// Cluster address: UDP gossip and TCP peer links (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Other hosts' cluster addresses to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// The client address handed to clients for this host; `None`: the bound client address.
+    pub advertise: Option<SocketAddr>,
+    /// Each shard's weight in the ownership map.
+    pub weight_per_core: u32,
+}
+
+/// What a shard thread of a cluster host gets.
+struct ShardCluster {
+    listener: StdTcpListener,
+    board: Arc<MapBoard>,
+    keys: LinkKeys,
+    key_id: KeyId,
+    generation: u64,
 }
 
 /// Why the relay could not start.
@@ -132,6 +160,9 @@ enum Report {
 #[derive(Debug)]
 pub struct Relay {
     shards: Vec<ShardId>,
+    /// The membership thread of a cluster host.
+    membership: Option<Arc<crate::cluster::Membership>>,
+    cluster_addr: Option<SocketAddr>,
     controls: Vec<StdUnixStream>,
     threads: Vec<JoinHandle<()>>,
     reports: Receiver<Report>,
@@ -178,6 +209,16 @@ impl Relay {
         let client_addr = listeners[0]
             .local_addr()
             .map_err(io_error("read the listen address"))?;
+        let mut cluster = match &config.cluster {
+            Some(settings) => Some(ClusterStart::bind(
+                settings,
+                config.host,
+                client_addr,
+                count,
+                keyring,
+            )?),
+            None => None,
+        };
         let links = mesh::<MeshItem>(count, config.mesh_lane_capacity)?;
         let io_mode = IoMode::detect();
         let (report_tx, reports) = mpsc::channel();
@@ -211,6 +252,7 @@ impl Relay {
                 registry: Arc::clone(&registry),
                 io_mode,
                 lane_capacity: config.mesh_lane_capacity,
+                cluster: cluster.as_mut().and_then(ClusterStart::shard_plan),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("hark-shard-{index}"))
@@ -219,8 +261,30 @@ impl Relay {
             threads.push(thread);
         }
         drop(report_tx);
+        let (membership, cluster_addr) = match cluster {
+            Some(start) => {
+                let notify = controls
+                    .iter()
+                    .map(StdUnixStream::try_clone)
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(io_error("share the control sockets"))?;
+                let addr = start.addr;
+                let membership = crate::cluster::Membership::start(
+                    start.node,
+                    start.socket,
+                    start.board,
+                    notify,
+                    Arc::clone(&registry),
+                )
+                .map_err(io_error("start the membership thread"))?;
+                (Some(Arc::new(membership)), Some(addr))
+            }
+            None => (None, None),
+        };
         let relay = Self {
             shards,
+            membership,
+            cluster_addr,
             controls,
             threads,
             reports,
@@ -307,8 +371,21 @@ impl Relay {
         self.io_mode
     }
 
+    /// The cluster address (UDP gossip and TCP peer links), on a cluster host.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster_addr
+    }
+
+    /// The newest cluster map, on a cluster host.
+    pub fn cluster_map(&self) -> Option<Arc<hark_core::cluster::ClusterMap>> {
+        self.membership.as_ref().map(|m| m.board().latest())
+    }
+
     /// Tells every shard to drain (see the module docs). Returns at once.
     pub fn drain(&mut self) {
+        if let Some(membership) = &self.membership {
+            membership.leave();
+        }
         signal_drain(&mut self.controls);
     }
 
@@ -319,7 +396,10 @@ impl Relay {
             .iter()
             .map(StdUnixStream::try_clone)
             .collect::<std::io::Result<_>>()?;
-        Ok(DrainHandle { controls })
+        Ok(DrainHandle {
+            controls,
+            membership: self.membership.clone(),
+        })
     }
 
     /// Waits until a shard thread ends (after a drain, or by failing). Returns the shard's
@@ -356,12 +436,84 @@ impl Relay {
 #[derive(Debug)]
 pub struct DrainHandle {
     controls: Vec<StdUnixStream>,
+    membership: Option<Arc<crate::cluster::Membership>>,
 }
 
 impl DrainHandle {
-    /// Tells every shard to drain. Harmless to repeat.
+    /// Tells every shard to drain (a cluster host first leaves the map). Harmless to repeat.
     pub fn drain(&mut self) {
+        if let Some(membership) = &self.membership {
+            membership.leave();
+        }
         signal_drain(&mut self.controls);
+    }
+}
+
+/// A cluster host's start: its peer-link listeners, its gossip socket and node, and the map
+/// board the shards read.
+struct ClusterStart {
+    listeners: Vec<StdTcpListener>,
+    addr: SocketAddr,
+    socket: std::net::UdpSocket,
+    node: ClusterNode,
+    board: Arc<MapBoard>,
+    keys: LinkKeys,
+    key_id: KeyId,
+    generation: u64,
+}
+
+impl ClusterStart {
+    fn bind(
+        settings: &RuntimeCluster,
+        host: HostId,
+        client_addr: SocketAddr,
+        count: usize,
+        keyring: &Keyring,
+    ) -> Result<Self, StartError> {
+        let listeners = bind_listeners(settings.listen, count)?;
+        let addr = listeners[0]
+            .local_addr()
+            .map_err(io_error("read the cluster address"))?;
+        // Gossip uses the same port number over UDP.
+        let socket = std::net::UdpSocket::bind(addr)
+            .map_err(io_error(format!("bind the cluster address {addr} (UDP)")))?;
+        let generation = now_us();
+        let card = HostCard::new(
+            host,
+            generation,
+            addr,
+            settings.advertise.unwrap_or(client_addr),
+            count as u16,
+            settings.weight_per_core,
+        )
+        .map_err(|e| StartError::Map(e.to_string()))?;
+        let mut node = ClusterNode::new(card, ClusterConfig::default(), generation)
+            .map_err(|e| StartError::Map(e.to_string()))?;
+        node.join(generation, &settings.seeds)
+            .map_err(|e| StartError::Map(e.to_string()))?;
+        let board = Arc::new(MapBoard::new(Arc::clone(node.map())));
+        Ok(Self {
+            listeners,
+            addr,
+            socket,
+            node,
+            board,
+            keys: LinkKeys::derive(keyring),
+            key_id: keyring.minting_key_id(),
+            generation,
+        })
+    }
+
+    /// The next shard's part (listeners are handed out in shard order).
+    fn shard_plan(&mut self) -> Option<ShardCluster> {
+        let listener = self.listeners.pop()?;
+        Some(ShardCluster {
+            listener,
+            board: Arc::clone(&self.board),
+            keys: self.keys.clone(),
+            key_id: self.key_id,
+            generation: self.generation,
+        })
     }
 }
 
@@ -421,6 +573,7 @@ struct ShardPlan {
     registry: Arc<Registry>,
     io_mode: IoMode,
     lane_capacity: usize,
+    cluster: Option<ShardCluster>,
 }
 
 fn run_shard(plan: ShardPlan) {
@@ -511,6 +664,7 @@ fn serve_shard(plan: ShardPlan) -> Result<(), String> {
     let lane_capacity = plan.lane_capacity;
     let listener = plan.listener;
     let control = plan.control;
+    let cluster = plan.cluster;
     let shard_ids: Rc<[ShardId]> = plan.shard_ids.iter().copied().collect();
     runtime.block_on(async move {
         let inbox = inbox.open().map_err(|e| format!("mesh inbox: {e}"))?;
@@ -529,6 +683,23 @@ fn serve_shard(plan: ShardPlan) -> Result<(), String> {
         )));
         // What the shard queued before serving (the recovered messages' timers).
         ctx.borrow_mut().after_input();
+        let board = match cluster {
+            Some(cluster) => {
+                let link_listener = monoio::net::TcpListener::from_std(cluster.listener)
+                    .map_err(|e| format!("cannot accept peer links: {e}"))?;
+                ctx.borrow_mut().links = Some(link::Links::new(
+                    shard_id,
+                    cluster.keys,
+                    cluster.key_id,
+                    cluster.generation,
+                ));
+                tasks::apply_map(&mut ctx.borrow_mut(), &cluster.board);
+                monoio::spawn(link::dial_loop(Rc::clone(&ctx)));
+                monoio::spawn(link::link_accept_loop(Rc::clone(&ctx), link_listener));
+                Some(cluster.board)
+            }
+            None => None,
+        };
         let finished = Rc::clone(&ctx.borrow().finished);
         monoio::spawn(tasks::accept_loop(Rc::clone(&ctx), listener));
         monoio::spawn(tasks::inbox_loop(Rc::clone(&ctx), inbox));
@@ -538,7 +709,12 @@ fn serve_shard(plan: ShardPlan) -> Result<(), String> {
             me,
         ));
         monoio::spawn(tasks::commit_loop(Rc::clone(&ctx), committer));
-        monoio::spawn(tasks::control_loop(Rc::clone(&ctx), control, listener_fd));
+        monoio::spawn(tasks::control_loop(
+            Rc::clone(&ctx),
+            control,
+            listener_fd,
+            board,
+        ));
         let _ = reports.send(Report::Serving { shard: me });
         loop {
             finished.wait().await;

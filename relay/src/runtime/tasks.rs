@@ -13,7 +13,9 @@ use monoio::net::{TcpListener, UnixStream};
 
 use super::conn::{refuse, serve};
 use super::ctx::{Ctx, MeshItem, SharedCtx};
+use super::link::{AcceptedLink, serve_link};
 use super::wake::{now_us, sleep_or_wake};
+use crate::cluster::MapBoard;
 use crate::mesh::Inbox;
 use crate::metrics::Registry;
 use crate::store::store_acks;
@@ -28,6 +30,8 @@ const COMMIT_RETRY_DELAY: Duration = Duration::from_millis(100);
 const INBOX_BATCH: usize = 256;
 /// How long accepting pauses after a failed accept (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// Control bytes read at once (each is one command).
+const CONTROL_READ_BYTES: usize = 64;
 
 /// Accepts connections until the drain starts.
 pub(crate) async fn accept_loop(ctx: SharedCtx, listener: TcpListener) {
@@ -86,6 +90,7 @@ pub(crate) async fn inbox_loop(ctx: SharedCtx, mut inbox: Inbox<MeshItem>) {
         }
         loop {
             let mut handoffs = Vec::new();
+            let mut links = Vec::new();
             let delivered = {
                 let mut c = ctx.borrow_mut();
                 let now = now_us();
@@ -97,6 +102,7 @@ pub(crate) async fn inbox_loop(ctx: SharedCtx, mut inbox: Inbox<MeshItem>) {
                         c.dispatch();
                     }
                     MeshItem::HandOff(socket) => handoffs.push(socket),
+                    MeshItem::Link(link) => links.push(link),
                 });
                 c.after_input();
                 delivered
@@ -104,6 +110,19 @@ pub(crate) async fn inbox_loop(ctx: SharedCtx, mut inbox: Inbox<MeshItem>) {
             for socket in handoffs {
                 Ctx::adopt(&ctx, *socket);
                 ctx.borrow_mut().after_input();
+            }
+            for link in links {
+                let AcceptedLink {
+                    socket,
+                    input,
+                    peer,
+                } = *link;
+                match monoio::net::TcpStream::from_std(socket) {
+                    Ok(stream) => serve_link(Rc::clone(&ctx), stream, input, peer),
+                    Err(error) => {
+                        tracing::warn!(%error, "a peer link could not join this shard's runtime");
+                    }
+                }
             }
             if delivered < INBOX_BATCH {
                 break;
@@ -156,7 +175,9 @@ fn publish(c: &mut Ctx, registry: &Registry, me: usize) {
     let overflow = c.mesh_overflow() as u64;
     let in_lanes = c.outbox_depth() as u64;
     let tally = c.shard.tally();
+    let map_epoch = c.shard.cluster_map().epoch();
     let counters = &mut c.stats.counters;
+    counters.map_epoch = map_epoch;
     counters.connections_open = connections;
     counters.store_pending_bytes = pending;
     counters.mesh_queue_depth = overflow + in_lanes;
@@ -248,11 +269,28 @@ pub(crate) async fn commit_loop(ctx: SharedCtx, mut committer: Committer) {
     }
 }
 
-/// Waits for the drain signal (a byte, or the other end closing), then drains: no more
-/// accepting, `begin_shutdown` in the shard logic.
-pub(crate) async fn control_loop(ctx: SharedCtx, mut control: UnixStream, listener_fd: i32) {
-    let buf = Vec::with_capacity(8);
-    let (_result, _buf) = control.read(buf).await;
+/// Waits on the control socket: `m` says a new cluster map is on the board, `d` (or the
+/// other end closing) starts the drain: no more accepting, `begin_shutdown` in the shard logic.
+pub(crate) async fn control_loop(
+    ctx: SharedCtx,
+    mut control: UnixStream,
+    listener_fd: i32,
+    board: Option<Arc<MapBoard>>,
+) {
+    loop {
+        let buf = Vec::with_capacity(CONTROL_READ_BYTES);
+        let (result, buf) = control.read(buf).await;
+        let n = result.unwrap_or(0);
+        if n > 0
+            && buf[..n].contains(&b'm')
+            && let Some(board) = &board
+        {
+            apply_map(&mut ctx.borrow_mut(), board);
+        }
+        if n == 0 || buf[..n].contains(&b'd') {
+            break;
+        }
+    }
     let now = now_us();
     let mut c = ctx.borrow_mut();
     c.draining = true;
@@ -265,5 +303,22 @@ pub(crate) async fn control_loop(ctx: SharedCtx, mut control: UnixStream, listen
     c.input_us = now;
     c.shard.begin_shutdown(now);
     c.dispatch();
+    c.after_input();
+}
+
+/// Hands the board's newest cluster map to the shard logic and the peer links.
+pub(crate) fn apply_map(c: &mut Ctx, board: &MapBoard) {
+    let map = board.latest();
+    let now = now_us();
+    c.input_us = now;
+    if let Some(links) = c.links.as_mut() {
+        let hosts = map
+            .hosts()
+            .iter()
+            .map(|(host, card)| (*host, card.cluster_addr()))
+            .collect();
+        links.set_map(map.version(), hosts);
+    }
+    c.shard.set_cluster_map(now, map.membership().clone());
     c.after_input();
 }

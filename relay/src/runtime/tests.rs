@@ -35,6 +35,7 @@ fn config(dir: &std::path::Path, shards: usize) -> RuntimeConfig {
             ..StoreConfig::default()
         },
         mesh_lane_capacity: 1024,
+        cluster: None,
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
@@ -69,6 +69,10 @@ pub struct RelayProcess {
     running: Option<Running>,
     addr: SocketAddr,
     admin_addr: SocketAddr,
+    /// The cluster address from the listening line, on a cluster host.
+    cluster_addr: Option<SocketAddr>,
+    /// The loopback address the relay listens on (127.0.0.x for several hosts).
+    ip: IpAddr,
     shards: usize,
     output: Arc<Mutex<Output>>,
     /// The output was printed by [`RelayProcess::fail`] already.
@@ -116,6 +120,8 @@ pub struct RelayOptions {
     pub env: Vec<(OsString, OsString)>,
     /// Use this directory instead of a fresh temporary one (which the caller then owns).
     pub data_dir: Option<PathBuf>,
+    /// Listen (clients and admin) on this address instead of 127.0.0.1.
+    pub ip: Option<IpAddr>,
 }
 
 impl RelayProcess {
@@ -146,6 +152,8 @@ impl RelayProcess {
             running: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cluster_addr: None,
+            ip: options.ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             shards: 0,
             output: Arc::default(),
             reported: AtomicBool::new(false),
@@ -157,6 +165,13 @@ impl RelayProcess {
     /// The address clients connect to (changes with every restart: port 0 each time).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The cluster address (gossip and peer links) of a cluster host; changes with every
+    /// restart when it was given with port 0.
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.cluster_addr
+            .unwrap_or_else(|| self.fail("the listening line named no cluster address"))
     }
 
     /// The admin endpoint's address (/metrics, /health, /ready).
@@ -294,9 +309,9 @@ impl RelayProcess {
         let mut command = Command::new(relay_bin());
         command
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(SocketAddr::new(self.ip, 0).to_string())
             .arg("--admin")
-            .arg("127.0.0.1:0")
+            .arg(SocketAddr::new(self.ip, 0).to_string())
             .arg("--data-dir")
             .arg(&self.data_dir);
         if !self.args.iter().any(|arg| arg == "--cores") {
@@ -344,6 +359,10 @@ impl RelayProcess {
                 self.addr = addr;
                 self.admin_addr = admin_addr;
                 self.shards = shards;
+                self.cluster_addr = line
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("cluster="))
+                    .and_then(|addr| addr.parse().ok());
             }
             Err(problem) => {
                 self.stop_after_failure();

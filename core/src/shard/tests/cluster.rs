@@ -267,3 +267,93 @@ fn a_talker_on_another_host_hears_owner_unavailable_when_the_owner_dies_and_talk
     assert_ne!(msg.shard().host, HostId(1));
     assert_heard_whole(&cluster, listener, msg, 8);
 }
+
+#[test]
+fn a_request_under_a_newer_map_waits_for_the_owner_to_apply_it_instead_of_failing() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let newer = Membership::from_hosts(
+        5,
+        [1, 2].map(|host| HostSpec {
+            host: HostId(host),
+            cores: vec![0],
+            weight_per_core: 1,
+        }),
+    )
+    .unwrap();
+    // A conversation that host 3 owns now and host 2 owns once host 3 has left.
+    let name = (0..10_000)
+        .map(|i| format!("moving-{i}"))
+        .find(|n| {
+            cluster.shards[0].owner_of(conv(n).id()).host == HostId(3)
+                && newer.owner(conv(n).id()).unwrap().host == HostId(2)
+        })
+        .expect("some conversation moves from host 3 to host 2");
+    // Host 1 applies the newer map first; host 2 has not yet.
+    let now = cluster.now_us;
+    cluster.shards[0].set_cluster_map(now, newer.clone());
+    cluster.run();
+    let talker = client_on_host(&mut cluster, 1, 0);
+    cluster.talk_start(talker, 1, &name);
+    cluster.frame(talker, 1, 0, &[0; 40]);
+    assert!(
+        cluster.errors(talker).is_empty(),
+        "{:?}",
+        cluster.errors(talker)
+    );
+    assert!(
+        !cluster
+            .events(talker)
+            .iter()
+            .any(|e| matches!(e, Event::TalkStarted { .. })),
+        "held until the owner has the map"
+    );
+    let host2 = cluster.index_of(ShardId::new(2, 0));
+    cluster.shards[host2].set_cluster_map(now, newer);
+    cluster.run();
+    let msg = cluster.talk_started(talker, 1);
+    assert_eq!(msg.shard().host, HostId(2));
+    cluster.frame(talker, 1, 1, &[1; 40]);
+    cluster.request(
+        talker,
+        Request::TalkEnd {
+            stream: 1,
+            frame_count: 2,
+        },
+    );
+    cluster.commit();
+    assert!(
+        cluster.errors(talker).is_empty(),
+        "{:?}",
+        cluster.errors(talker)
+    );
+    assert!(cluster.events(talker).iter().any(|e| matches!(
+        e,
+        Event::TalkEnded {
+            stream: 1,
+            frame_count: 2
+        }
+    )));
+}
+
+#[test]
+fn a_request_under_an_older_map_is_refused_with_map_changed() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 2, 1);
+    let name = owned_by_host(&cluster, 2);
+    // Host 2 moved on (a third host joined, say) and host 1 still routes by the old map.
+    let newer = Membership::from_hosts(
+        9,
+        [1, 2, 4].map(|host| HostSpec {
+            host: HostId(host),
+            cores: vec![0],
+            weight_per_core: 1,
+        }),
+    )
+    .unwrap();
+    let host2 = cluster.index_of(ShardId::new(2, 0));
+    let now = cluster.now_us;
+    cluster.shards[host2].set_cluster_map(now, newer);
+    cluster.run();
+    let talker = client_on_host(&mut cluster, 1, 0);
+    cluster.talk_start(talker, 1, &name);
+    assert_eq!(cluster.errors(talker), vec![ErrorCode::MAP_CHANGED]);
+}
