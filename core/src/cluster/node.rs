@@ -41,8 +41,8 @@ pub enum ClusterOutput {
         /// The datagram, at most `datagram_bytes_max` long.
         data: Vec<u8>,
     },
-    /// The live hosts or the epoch changed: hand the new map to the shards. Only the newest
-    /// is reported when several changes happen between polls.
+    /// The live hosts, a live host's card or the epoch changed: hand the new map to the
+    /// shards. Only the newest is reported when several changes happen between polls.
     MapChanged(Arc<ClusterMap>),
 }
 
@@ -61,13 +61,15 @@ type Swim = Foca<HostCard, CardCodec, XorShiftRng, MapGossip>;
 ///                                    └─► map announcements ─────────┘   Send ─► socket
 /// ```
 ///
-/// **Epoch rule.** Whenever the live set a node computes changes (a host joins, leaves, is
-/// declared down, or comes back under a new generation), the node's epoch becomes
+/// **Epoch rule.** Whenever the live set a node computes changes (a host joins, leaves or is
+/// declared down: anything that changes the shards or weights), the node's epoch becomes
 /// `max(own epoch, highest epoch seen in any announcement) + 1`. Every node gossips
 /// `(host, epoch, checksum)` as a foca custom broadcast on each change and every
 /// `epoch_rebroadcast_interval_ms`; a node that hears its own checksum with a higher epoch
 /// adopts that epoch. Once the live set stops changing, every live node ends with the same
-/// checksum and the highest epoch any of them reached.
+/// checksum and the highest epoch any of them reached. A new card for a host that stays
+/// (a renewed or restarted boot with the same shards) is reported as a `MapChanged` at the
+/// same version: the owners did not change.
 pub struct ClusterNode {
     swim: Swim,
     config: ClusterConfig,
@@ -435,10 +437,25 @@ impl ClusterNode {
             let own = self.swim.identity();
             live.insert(own.host(), own.clone());
         }
-        if live != self.live {
-            self.live = live;
+        if live == self.live {
+            return;
+        }
+        let shards = |hosts: &BTreeMap<HostId, HostCard>| -> Vec<(HostId, u16, u32)> {
+            hosts
+                .values()
+                .map(|card| (card.host(), card.cores(), card.weight_per_core()))
+                .collect()
+        };
+        let shards_changed = shards(&live) != shards(&self.live);
+        self.live = live;
+        if shards_changed {
             let epoch = self.map.version().epoch.max(self.epoch_seen_max) + 1;
             self.set_map(ClusterMap::build(epoch, &self.live));
+        } else {
+            // Same hosts and shards, new cards (a boot renewed or restarted before anyone
+            // noticed it was gone): the owners are unchanged, so the version is too.
+            self.map = Arc::new(ClusterMap::build(self.map.version().epoch, &self.live));
+            self.map_changed = Some(Arc::clone(&self.map));
         }
     }
 
