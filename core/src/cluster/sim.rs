@@ -72,7 +72,6 @@ const HEALTHY: Network = Network {
 };
 
 struct Sim {
-    seed: u64,
     rng: XorShiftRng,
     now_us: u64,
     hosts: Vec<Host>,
@@ -105,7 +104,6 @@ impl Sim {
             })
             .collect();
         Self {
-            seed,
             rng,
             now_us: 0,
             hosts,
