@@ -87,6 +87,7 @@ pub struct ClusterNode {
     join_retry_due_us: Option<u64>,
     rebroadcast_due_us: Option<u64>,
     left: bool,
+    swim_state: SwimState,
     stats: ClusterStats,
 }
 
@@ -101,18 +102,36 @@ impl fmt::Debug for ClusterNode {
     }
 }
 
+/// What foca told us about its own connection state.
+#[derive(Debug, Default, Clone, Copy)]
+struct SwimState {
+    /// foca is connected: it probes and gossips (it has live peers and is not down).
+    connected: bool,
+    /// foca renewed its identity since the last check.
+    rejoined: bool,
+}
+
 /// foca's runtime: sends go to the output queue, timers to the timer queue.
 struct Effects<'a> {
     now_us: u64,
     timers: &'a mut TimerQueue,
     sends: &'a mut VecDeque<(SocketAddr, Vec<u8>)>,
     stats: &'a mut ClusterStats,
+    state: &'a mut SwimState,
 }
 
 impl Runtime<HostCard> for Effects<'_> {
     fn notify(&mut self, notification: Notification<'_, HostCard>) {
-        if let Notification::Rejoin(_) = notification {
-            self.stats.renewals += 1;
+        match notification {
+            Notification::Active => self.state.connected = true,
+            Notification::Idle | Notification::Defunct => self.state.connected = false,
+            Notification::Rejoin(_) => {
+                self.stats.renewals += 1;
+                // foca resets to disconnected on a new identity.
+                self.state.connected = false;
+                self.state.rejoined = true;
+            }
+            _ => {}
         }
     }
 
@@ -178,13 +197,15 @@ impl ClusterNode {
             join_retry_due_us: None,
             rebroadcast_due_us: None,
             left: false,
+            swim_state: SwimState::default(),
             stats: ClusterStats::default(),
         })
     }
 
     /// Starts joining through `seeds` (cluster addresses of some hosts, ids unknown): each is
     /// asked for its card, and foca announces this host to every card that answers. Seeds
-    /// are asked again every `join_retry_interval_ms` while no peer is live. Our own address
+    /// are asked again every `join_retry_interval_ms` while foca is not connected (no live
+    /// peer, or just renewed after being declared down). Our own address
     /// is skipped; an empty list makes a cluster of one that others join.
     pub fn join(&mut self, now_us: u64, seeds: &[SocketAddr]) -> Result<(), ClusterError> {
         if seeds.len() > JOIN_SEEDS_MAX {
@@ -244,7 +265,7 @@ impl ClusterNode {
                 }
             }
         }
-        self.absorb();
+        self.absorb(now_us);
     }
 
     /// Runs every timer due at `now_us`: foca's probes, suspicions and gossip, the seed
@@ -267,7 +288,7 @@ impl ClusterNode {
         if self.join_retry_due_us.is_some_and(|due| due <= now_us) {
             self.join_retry_due_us =
                 Some(now_us + u64::from(self.config.join_retry_interval_ms) * 1000);
-            if self.swim.num_members() == 0 {
+            if !self.swim_state.connected {
                 self.ask_seeds();
             }
         }
@@ -276,7 +297,7 @@ impl ClusterNode {
                 Some(now_us + u64::from(self.config.epoch_rebroadcast_interval_ms) * 1000);
             self.announce_map();
         }
-        self.absorb();
+        self.absorb(now_us);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next has work; `None` after
@@ -310,7 +331,7 @@ impl ClusterNode {
         self.timers.clear();
         self.join_retry_due_us = None;
         self.rebroadcast_due_us = None;
-        self.absorb();
+        self.absorb(now_us);
     }
 
     /// The next thing to do: a changed map first, then datagrams to send in order.
@@ -357,6 +378,7 @@ impl ClusterNode {
                 timers: &mut self.timers,
                 sends: &mut self.sends,
                 stats: &mut self.stats,
+                state: &mut self.swim_state,
             },
         )
     }
@@ -404,7 +426,17 @@ impl ClusterNode {
     }
 
     /// Takes the announcements foca accepted, then recomputes the live set.
-    fn absorb(&mut self) {
+    fn absorb(&mut self, now_us: u64) {
+        if self.swim_state.rejoined && !self.left {
+            // After renewing its identity foca stays disconnected (no probes) until some
+            // message arrives, even with peers it believes live; a peer that believes us down
+            // may never send one. Applying no updates makes foca re-check and, with live
+            // peers, start probing them under the new identity.
+            self.swim_state.rejoined = false;
+            let (swim, effects) = self.split(now_us);
+            let result = swim.apply_many(std::iter::empty(), true, effects);
+            self.count_result(result);
+        }
         // Bounded: the channel holds `inbox_len`, plus at most one own announcement per
         // adoption, and an adoption needs a strictly higher epoch from another host.
         for _ in 0..2 * self.inbox_len + 2 {
