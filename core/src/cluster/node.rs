@@ -41,8 +41,8 @@ pub enum ClusterOutput {
         /// The datagram, at most `datagram_bytes_max` long.
         data: Vec<u8>,
     },
-    /// The live hosts or the epoch changed: hand the new map to the shards. Only the newest
-    /// is reported when several changes happen between polls.
+    /// The live hosts, a live host's card or the epoch changed: hand the new map to the
+    /// shards. Only the newest is reported when several changes happen between polls.
     MapChanged(Arc<ClusterMap>),
 }
 
@@ -61,13 +61,15 @@ type Swim = Foca<HostCard, CardCodec, XorShiftRng, MapGossip>;
 ///                                    └─► map announcements ─────────┘   Send ─► socket
 /// ```
 ///
-/// **Epoch rule.** Whenever the live set a node computes changes (a host joins, leaves, is
-/// declared down, or comes back under a new generation), the node's epoch becomes
+/// **Epoch rule.** Whenever the live set a node computes changes (a host joins, leaves or is
+/// declared down: anything that changes the shards or weights), the node's epoch becomes
 /// `max(own epoch, highest epoch seen in any announcement) + 1`. Every node gossips
 /// `(host, epoch, checksum)` as a foca custom broadcast on each change and every
 /// `epoch_rebroadcast_interval_ms`; a node that hears its own checksum with a higher epoch
 /// adopts that epoch. Once the live set stops changing, every live node ends with the same
-/// checksum and the highest epoch any of them reached.
+/// checksum and the highest epoch any of them reached. A new card for a host that stays
+/// (a renewed or restarted boot with the same shards) is reported as a `MapChanged` at the
+/// same version: the owners did not change.
 pub struct ClusterNode {
     swim: Swim,
     config: ClusterConfig,
@@ -85,6 +87,7 @@ pub struct ClusterNode {
     join_retry_due_us: Option<u64>,
     rebroadcast_due_us: Option<u64>,
     left: bool,
+    swim_state: SwimState,
     stats: ClusterStats,
 }
 
@@ -99,18 +102,36 @@ impl fmt::Debug for ClusterNode {
     }
 }
 
+/// What foca told us about its own connection state.
+#[derive(Debug, Default, Clone, Copy)]
+struct SwimState {
+    /// foca is connected: it probes and gossips (it has live peers and is not down).
+    connected: bool,
+    /// foca renewed its identity since the last check.
+    rejoined: bool,
+}
+
 /// foca's runtime: sends go to the output queue, timers to the timer queue.
 struct Effects<'a> {
     now_us: u64,
     timers: &'a mut TimerQueue,
     sends: &'a mut VecDeque<(SocketAddr, Vec<u8>)>,
     stats: &'a mut ClusterStats,
+    state: &'a mut SwimState,
 }
 
 impl Runtime<HostCard> for Effects<'_> {
     fn notify(&mut self, notification: Notification<'_, HostCard>) {
-        if let Notification::Rejoin(_) = notification {
-            self.stats.renewals += 1;
+        match notification {
+            Notification::Active => self.state.connected = true,
+            Notification::Idle | Notification::Defunct => self.state.connected = false,
+            Notification::Rejoin(_) => {
+                self.stats.renewals += 1;
+                // foca resets to disconnected on a new identity.
+                self.state.connected = false;
+                self.state.rejoined = true;
+            }
+            _ => {}
         }
     }
 
@@ -176,13 +197,15 @@ impl ClusterNode {
             join_retry_due_us: None,
             rebroadcast_due_us: None,
             left: false,
+            swim_state: SwimState::default(),
             stats: ClusterStats::default(),
         })
     }
 
     /// Starts joining through `seeds` (cluster addresses of some hosts, ids unknown): each is
     /// asked for its card, and foca announces this host to every card that answers. Seeds
-    /// are asked again every `join_retry_interval_ms` while no peer is live. Our own address
+    /// are asked again every `join_retry_interval_ms` while foca is not connected (no live
+    /// peer, or just renewed after being declared down). Our own address
     /// is skipped; an empty list makes a cluster of one that others join.
     pub fn join(&mut self, now_us: u64, seeds: &[SocketAddr]) -> Result<(), ClusterError> {
         if seeds.len() > JOIN_SEEDS_MAX {
@@ -242,7 +265,7 @@ impl ClusterNode {
                 }
             }
         }
-        self.absorb();
+        self.absorb(now_us);
     }
 
     /// Runs every timer due at `now_us`: foca's probes, suspicions and gossip, the seed
@@ -265,7 +288,7 @@ impl ClusterNode {
         if self.join_retry_due_us.is_some_and(|due| due <= now_us) {
             self.join_retry_due_us =
                 Some(now_us + u64::from(self.config.join_retry_interval_ms) * 1000);
-            if self.swim.num_members() == 0 {
+            if !self.swim_state.connected {
                 self.ask_seeds();
             }
         }
@@ -274,7 +297,7 @@ impl ClusterNode {
                 Some(now_us + u64::from(self.config.epoch_rebroadcast_interval_ms) * 1000);
             self.announce_map();
         }
-        self.absorb();
+        self.absorb(now_us);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next has work; `None` after
@@ -308,7 +331,7 @@ impl ClusterNode {
         self.timers.clear();
         self.join_retry_due_us = None;
         self.rebroadcast_due_us = None;
-        self.absorb();
+        self.absorb(now_us);
     }
 
     /// The next thing to do: a changed map first, then datagrams to send in order.
@@ -355,6 +378,7 @@ impl ClusterNode {
                 timers: &mut self.timers,
                 sends: &mut self.sends,
                 stats: &mut self.stats,
+                state: &mut self.swim_state,
             },
         )
     }
@@ -402,7 +426,17 @@ impl ClusterNode {
     }
 
     /// Takes the announcements foca accepted, then recomputes the live set.
-    fn absorb(&mut self) {
+    fn absorb(&mut self, now_us: u64) {
+        if self.swim_state.rejoined && !self.left {
+            // After renewing its identity foca stays disconnected (no probes) until some
+            // message arrives, even with peers it believes live; a peer that believes us down
+            // may never send one. Applying no updates makes foca re-check and, with live
+            // peers, start probing them under the new identity.
+            self.swim_state.rejoined = false;
+            let (swim, effects) = self.split(now_us);
+            let result = swim.apply_many(std::iter::empty(), true, effects);
+            self.count_result(result);
+        }
         // Bounded: the channel holds `inbox_len`, plus at most one own announcement per
         // adoption, and an adoption needs a strictly higher epoch from another host.
         for _ in 0..2 * self.inbox_len + 2 {
@@ -435,10 +469,25 @@ impl ClusterNode {
             let own = self.swim.identity();
             live.insert(own.host(), own.clone());
         }
-        if live != self.live {
-            self.live = live;
+        if live == self.live {
+            return;
+        }
+        let shards = |hosts: &BTreeMap<HostId, HostCard>| -> Vec<(HostId, u16, u32)> {
+            hosts
+                .values()
+                .map(|card| (card.host(), card.cores(), card.weight_per_core()))
+                .collect()
+        };
+        let shards_changed = shards(&live) != shards(&self.live);
+        self.live = live;
+        if shards_changed {
             let epoch = self.map.version().epoch.max(self.epoch_seen_max) + 1;
             self.set_map(ClusterMap::build(epoch, &self.live));
+        } else {
+            // Same hosts and shards, new cards (a boot renewed or restarted before anyone
+            // noticed it was gone): the owners are unchanged, so the version is too.
+            self.map = Arc::new(ClusterMap::build(self.map.version().epoch, &self.live));
+            self.map_changed = Some(Arc::clone(&self.map));
         }
     }
 

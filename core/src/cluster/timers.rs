@@ -1,10 +1,12 @@
 //! foca's timer events, kept by absolute due time.
 //!
 //! foca asks for "this event after that long"; the node turns that into a due time and hands
-//! events back in due order from `handle_timeout`. Each event has a slot and a new event
-//! replaces the pending one in its slot: foca keeps at most one live event per slot (a
+//! events back in due order from `handle_timeout`. Each event has a slot and a different
+//! event replaces the pending one in its slot: foca keeps at most one live event per slot (a
 //! replaced one carries a stale token, a stale incarnation or a replaced identity, and foca
-//! would ignore it). So the queue holds at most [`TIMER_SLOTS_MAX`] events: five periodic
+//! would ignore it). An equal event leaves the pending one, which is due earlier: foca
+//! re-schedules the same suspect-to-down each time a probe of a suspect fails, and the first
+//! deadline is the one that counts. So the queue holds at most [`TIMER_SLOTS_MAX`] events: five periodic
 //! kinds plus two per host id.
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,9 +60,15 @@ impl TimerQueue {
         let key = (now_us.saturating_add(after_us), self.arrivals);
         self.arrivals += 1;
         let slot = slot_of(&timer);
-        if let Some(old) = self.by_slot.insert(slot, key) {
-            self.by_due.remove(&old);
+        if let Some(pending) = self.by_slot.get(&slot).copied() {
+            if self.by_due.get(&pending).is_some_and(|(_, t)| *t == timer) {
+                // The same event again (foca re-suspects a member each time a probe of it
+                // fails): the earlier one is the deadline, keep it.
+                return;
+            }
+            self.by_due.remove(&pending);
         }
+        self.by_slot.insert(slot, key);
         self.by_due.insert(key, (slot, timer));
     }
 
