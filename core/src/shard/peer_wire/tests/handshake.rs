@@ -479,3 +479,21 @@ fn out_of_order_oversized_and_late_input_is_refused() {
         "an established handshake takes no more input"
     );
 }
+
+#[test]
+fn debug_output_never_shows_key_bytes() {
+    let mut hello = BytesMut::new();
+    let dialer = example_dialer(&mut hello);
+    let mut acceptor = example_acceptor();
+    let _ = acceptor.handle_input(&mut hello, &mut BytesMut::new());
+    let keys = LinkKeys::derive(&example_keyring());
+    // The example link key starts f7 82 e8 (docs/peer-links.md).
+    for text in [
+        format!("{dialer:?}"),
+        format!("{acceptor:?}"),
+        format!("{keys:?}"),
+    ] {
+        assert!(text.contains("redacted"), "{text}");
+        assert!(!text.contains("247, 130, 232"), "{text}");
+    }
+}
