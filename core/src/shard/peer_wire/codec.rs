@@ -5,7 +5,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::body::{CONN_LEN, MAP_LEN, Reader, put_conn, put_grant, put_map};
 use super::{GoodbyeReason, LinkFrame, PEER_DELIVER_LEN_MAX, PEER_FRAME_LEN_MAX, PeerWireError};
-use crate::protocol::{Decoder, FRAME_LEN_MAX, encode_request};
+use crate::protocol::{Decoder, FRAME_LEN_MAX, Request, encode_request};
 use crate::shard::{ConnId, PeerMessage, RouteReleased};
 
 /// Bytes of the length prefix.
@@ -371,32 +371,28 @@ impl LinkDecoder {
         &mut self,
         body: &mut BytesMut,
         header_len: usize,
-    ) -> Result<crate::protocol::Request, PeerWireError> {
+    ) -> Result<Request, PeerWireError> {
         body.advance(header_len);
         // Check the inner prefix here, so the client decoder always sees one whole frame and
         // never reserves memory for a frame that is not there.
-        let Some(prefix) = body.first_chunk::<LEN_PREFIX_LEN>() else {
-            return Err(PeerWireError::Truncated {
-                message: "request",
-                field: "client_request",
-            });
+        let truncated = PeerWireError::Truncated {
+            message: "request",
+            field: "client_request",
         };
-        let inner_len = LEN_PREFIX_LEN as u64 + u64::from(u32::from_le_bytes(*prefix));
-        if inner_len > body.len() as u64 && u32::from_le_bytes(*prefix) <= FRAME_LEN_MAX {
-            return Err(PeerWireError::Truncated {
-                message: "request",
-                field: "client_request",
-            });
+        let Some(prefix) = body.first_chunk::<LEN_PREFIX_LEN>() else {
+            return Err(truncated);
+        };
+        // A length above the client limit is left to the client decoder, which refuses it.
+        let inner_len = u32::from_le_bytes(*prefix);
+        if inner_len <= FRAME_LEN_MAX && LEN_PREFIX_LEN + inner_len as usize > body.len() {
+            return Err(truncated);
         }
         let request = self
             .requests
             .decode_request(body)?
             // The decoder refused lengths above its limit, and the frame is whole (checked
             // above), so it returns a request or an error.
-            .ok_or(PeerWireError::Truncated {
-                message: "request",
-                field: "client_request",
-            })?;
+            .ok_or(truncated)?;
         if !body.is_empty() {
             return Err(PeerWireError::TrailingBytes {
                 message: "request",

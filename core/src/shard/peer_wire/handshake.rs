@@ -69,34 +69,47 @@ pub struct Established {
     pub key_id: KeyId,
 }
 
+/// One link key. Its `Debug` never shows the bytes, so a handshake can be logged.
+#[derive(Clone, Copy)]
+struct LinkKey([u8; 32]);
+
+impl std::fmt::Debug for LinkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkKey(<redacted>)")
+    }
+}
+
 /// The link keys of a keyring, derived once per keyring and shared by every handshake.
 #[derive(Clone)]
 pub struct LinkKeys {
     /// 1..=KEYRING_KEYS_MAX link keys, in keyring order.
-    keys: Vec<(KeyId, [u8; 32])>,
+    keys: Vec<(KeyId, LinkKey)>,
     /// The key an acceptor uses for a hello with an unknown key id, so that hello is answered
     /// exactly like a good one. Secret (derived from a keyring key), so a peer without the
     /// keyring cannot tell a decoy welcome from a real one.
-    decoy: [u8; 32],
+    decoy: LinkKey,
 }
 
 impl LinkKeys {
     /// The link key of every key in `keyring`.
     pub fn derive(keyring: &Keyring) -> Self {
-        let keys: Vec<(KeyId, [u8; 32])> = keyring
+        let keys: Vec<(KeyId, LinkKey)> = keyring
             .key_ids()
             .filter_map(|id| {
                 let key = keyring.key(id)?;
-                Some((id, blake3::derive_key(LINK_KEY_CONTEXT, key.as_bytes())))
+                Some((
+                    id,
+                    LinkKey(blake3::derive_key(LINK_KEY_CONTEXT, key.as_bytes())),
+                ))
             })
             .collect();
         // A keyring holds at least one key, so the minting key's link key is there.
-        let first = keys.first().map_or([0; 32], |(_, key)| *key);
-        let decoy = *blake3::keyed_hash(&first, b"hark peer link v1 decoy").as_bytes();
+        let first = keys.first().map_or([0; 32], |(_, key)| key.0);
+        let decoy = LinkKey(*blake3::keyed_hash(&first, b"hark peer link v1 decoy").as_bytes());
         Self { keys, decoy }
     }
 
-    fn get(&self, key_id: KeyId) -> Option<&[u8; 32]> {
+    fn get(&self, key_id: KeyId) -> Option<&LinkKey> {
         self.keys
             .iter()
             .find(|(id, _)| *id == key_id)
@@ -112,12 +125,12 @@ impl std::fmt::Debug for LinkKeys {
 }
 
 fn welcome_mac(
-    key: &[u8; 32],
+    key: &LinkKey,
     hello: &[u8],
     nonce: &[u8; LINK_NONCE_LEN],
     host: HostState,
 ) -> blake3::Hash {
-    let mut mac = blake3::Hasher::new_keyed(key);
+    let mut mac = blake3::Hasher::new_keyed(&key.0);
     mac.update(WELCOME_LABEL);
     mac.update(hello);
     mac.update(nonce);
@@ -127,8 +140,8 @@ fn welcome_mac(
     mac.finalize()
 }
 
-fn proof_mac(key: &[u8; 32], hello: &[u8], acceptor_nonce: &[u8; LINK_NONCE_LEN]) -> blake3::Hash {
-    let mut mac = blake3::Hasher::new_keyed(key);
+fn proof_mac(key: &LinkKey, hello: &[u8], acceptor_nonce: &[u8; LINK_NONCE_LEN]) -> blake3::Hash {
+    let mut mac = blake3::Hasher::new_keyed(&key.0);
     mac.update(PROOF_LABEL);
     mac.update(hello);
     mac.update(acceptor_nonce);
@@ -151,7 +164,7 @@ fn next_message(input: &mut BytesMut, expected: u8) -> Result<Option<BytesMut>, 
 /// The dialing side of a link handshake.
 #[derive(Debug)]
 pub struct DialerHandshake {
-    key: [u8; 32],
+    key: LinkKey,
     key_id: KeyId,
     hello: [u8; HELLO_FRAME_LEN],
     from: ShardId,
@@ -255,7 +268,7 @@ enum AcceptorPhase {
     AwaitingHello,
     AwaitingProof {
         /// The hello's link key, or the decoy when the key id is unknown.
-        key: [u8; 32],
+        key: LinkKey,
         /// Whether `key` is the decoy: reported only once the proof is checked.
         key_unknown: bool,
         hello: [u8; HELLO_FRAME_LEN],

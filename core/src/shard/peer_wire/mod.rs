@@ -22,8 +22,9 @@
 //! use hark_core::shard::peer_wire::{LinkDecoder, LinkFrame, encode_link_frame};
 //! use hark_core::shard::{ConnId, PeerMessage};
 //!
-//! // An owner shard delivers one encoded client event (a 6-byte ping) to a subscriber shard.
-//! let event = Bytes::from_static(&[5, 0, 0, 0, 0x4c, 7]);
+//! // An owner shard delivers one encoded client event (a live frame: message stream 9, seq 0,
+//! // a 3-byte payload) to a subscriber shard.
+//! let event = Bytes::from_static(&[12, 0, 0, 0, 0x47, 9, 0, 0, 0, 0, 0, 0, 0, 0xfc, 0xff, 0xfe]);
 //! let conn = ConnId { index: 3, generation: 1 };
 //! let mut wire = BytesMut::new();
 //! encode_link_frame(&LinkFrame::Peer(PeerMessage::Deliver { conn, bytes: event.clone() }), &mut wire)?;
