@@ -313,3 +313,54 @@ fn listen_follows_a_relay_restarted_on_another_port_and_says_where() {
     assert!(heard.iter().all(|file| file.complete));
     assert_same_packets(Path::new(FIXTURE), &heard[1].path);
 }
+
+#[test]
+fn a_draining_relay_sends_the_listener_to_the_other_relay_listed() {
+    let mut first = RelayProcess::start(&args(&[FAST_TALK, QUICK_COMMITS]));
+    // The second relay verifies tokens with the first one's secret, so one token serves both.
+    let secret = first.secret_path().to_str().unwrap().to_owned();
+    let second = RelayProcess::start(
+        &[
+            FAST_TALK,
+            QUICK_COMMITS,
+            &["--secret-file", secret.as_str()],
+        ]
+        .concat(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut listen = listen_args(&first, "drained", "live", dir.path(), 1);
+    listen.relay = vec![first.addr().to_string(), second.addr().to_string()];
+    let (mut listener_out, lines) = LineWriter::new();
+    let listener = thread::spawn(move || {
+        let stop = AtomicBool::new(false);
+        listen::run(&listen, &stop, &mut listener_out)
+    });
+    let connected: Value = serde_json::from_str(&wait_for_line(&lines, "\"connected\"")).unwrap();
+    assert_eq!(connected["relay"], first.addr().to_string().as_str());
+    wait_for_line(&lines, "\"listening\"");
+
+    first.sigterm_and_wait();
+    let left: Value = serde_json::from_str(&wait_for_line(&lines, "\"disconnected\"")).unwrap();
+    let detail = left["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("going away (draining); reconnecting to any other relay"),
+        "{detail}"
+    );
+    let moved: Value = serde_json::from_str(&wait_for_line(&lines, "\"connected\"")).unwrap();
+    assert_eq!(moved["relay"], second.addr().to_string().as_str());
+    assert_eq!(moved["connection"], 2);
+    assert_eq!(moved["failed_attempts"], 0, "straight to the other relay");
+    wait_for_line(&lines, "\"listening\"");
+
+    let mut talk = talk_args(&first, "drained", Path::new(FIXTURE), true);
+    talk.relay = vec![second.addr().to_string()];
+    let report = talk::run(&talk, &mut Vec::new())
+        .unwrap_or_else(|error| second.fail(&format!("talk failed: {error}")));
+    let heard = listener
+        .join()
+        .unwrap()
+        .unwrap_or_else(|error| second.fail(&format!("listen failed: {error}")));
+    assert_eq!(heard.len(), 1);
+    assert_eq!(heard[0].msg_id, report.msg_id);
+    assert_same_packets(Path::new(FIXTURE), &heard[0].path);
+}
