@@ -1,6 +1,7 @@
 //! The `hark` CLI with several relay addresses: a dead host or one that never answers the
-//! hello is passed over, a relay's `go_away` sends the client where it says, a relay
-//! restarted on another port is followed, and every (re)connection says where it went.
+//! hello is passed over, a relay's `go_away` sends the client where it says (or, naming no
+//! address, to another relay listed), a relay restarted on another port is followed, and
+//! every (re)connection says where it went.
 
 #[path = "support/cli.rs"]
 // The helpers other cli_* tests use are unused here.
