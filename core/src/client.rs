@@ -8,6 +8,9 @@
 //! again, a `talk_start{resume}` per open talk stream and a `listen` per subscription; when
 //! `talk_started` names the relay's `next_seq`, the session resends the kept frames from there.
 //!
+//! [`HostPool`] picks which relay to connect to (health, backoff with full jitter, redirects
+//! from a relay's `go_away`), as sans-IO as the session.
+//!
 //! What it is not: a transport. The caller moves the bytes (a blocking socket in the `hark`
 //! CLI, an async one elsewhere) and passes `now_us` wherever time matters.
 //!
@@ -18,7 +21,9 @@
 //!                    talk_started{next_seq} ──► kept frames from next_seq resent into out
 //! ```
 
+mod backoff;
 mod error;
+mod pool;
 mod subscriptions;
 mod talk;
 #[cfg(test)]
@@ -34,7 +39,9 @@ use crate::protocol::{
     encode_request, write_talk_frame,
 };
 
+pub use backoff::{BACKOFF_MAX_US, BACKOFF_MIN_US, Backoff, JitterRng};
 pub use error::ClientSessionError;
+pub use pool::{Choice, HOST_POOL_ADDRESSES_MAX, HostHealth, HostPool, HostPoolError};
 use subscriptions::HeardStream;
 pub use subscriptions::SubStatus;
 use talk::TalkStream;

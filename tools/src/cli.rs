@@ -43,8 +43,9 @@ pub struct Cli {
 /// Options every relay-facing command shares.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayOpts {
-    /// Relay address `host:port`; repeat to give fallbacks (tried in order on each connect).
-    #[arg(long, required = true)]
+    /// Relay addresses `host:port`, comma-separated or repeated: the hosts a connection may
+    /// go to (the given order first, then avoiding hosts that failed; see docs/cli.md).
+    #[arg(long, required = true, value_delimiter = ',')]
     relay: Vec<String>,
     /// The conversation.
     #[arg(long)]

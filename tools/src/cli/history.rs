@@ -8,7 +8,7 @@ use hark_core::ConvName;
 use hark_core::client::ClientSession;
 use hark_core::protocol::{ErrorSubject, Event, HistoryEntry, MessageOutcome};
 
-use super::conn::{CONNECT_TIMEOUT, Driver, now_us};
+use super::conn::{CONNECT_TIMEOUT, Driver, now_us, reconnect};
 use super::token::command_token;
 use super::{CLIENT_NAME, CliError};
 
@@ -18,10 +18,18 @@ const PAGE_LIMIT: u16 = 256;
 /// Entries listed at most in one run (`--limit` may lower it).
 pub const HISTORY_ENTRIES_LISTED_MAX: usize = 100_000;
 
+/// Times one run reconnects (to another host of `--relay` when there is one) after the
+/// connection broke or a page did not come, asking for the page again each time.
+pub const HISTORY_RECONNECTS_MAX: usize = 3;
+
+/// How long one of those reconnects may take.
+pub const HISTORY_RECONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
 /// What `hark history` needs.
 #[derive(Debug, Clone)]
 pub struct HistoryArgs {
-    /// Relay addresses.
+    /// Relay addresses (`host:port`): the host pool, tried first in this order, then
+    /// avoiding hosts that failed.
     pub relay: Vec<String>,
     /// The conversation.
     pub conv: String,
@@ -52,43 +60,23 @@ pub fn run(args: &HistoryArgs, out: &mut dyn Write) -> Result<Vec<HistoryEntry>,
     driver.connect(&args.relay)?;
     let mut entries: Vec<HistoryEntry> = Vec::new();
     let mut since_us = args.since_us;
-    // Bounded by HISTORY_ENTRIES_LISTED_MAX: every page with `more` adds entries.
+    let mut reconnects = 0;
+    // Bounded by HISTORY_ENTRIES_LISTED_MAX (every page with `more` adds entries) and by
+    // HISTORY_RECONNECTS_MAX (every other pass reconnects).
     for request in 1u32.. {
-        driver
-            .session
-            .history(
-                request,
-                conversation.clone(),
-                since_us,
-                PAGE_LIMIT,
-                now_us(),
-                &mut driver.out,
-            )
-            .map_err(|error| CliError::Protocol(error.to_string()))?;
-        driver.flush()?;
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let (page, more) = loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(CliError::Disconnected(
-                    "no history page from the relay".into(),
-                ));
+        let (page, more) = match fetch_page(&mut driver, request, &conversation, since_us) {
+            Ok(page) => page,
+            Err(CliError::Disconnected(_)) if reconnects < HISTORY_RECONNECTS_MAX => {
+                reconnects += 1;
+                let relays = args.relay.clone();
+                reconnect(
+                    &mut driver,
+                    &mut move || relays.clone(),
+                    HISTORY_RECONNECT_PATIENCE,
+                )?;
+                continue;
             }
-            match driver.next_event(remaining.min(Duration::from_secs(1)))? {
-                Some(Event::HistoryPage { entries, more, .. }) => break (entries, more),
-                Some(Event::Error {
-                    code,
-                    about: ErrorSubject::HistoryRequest(_) | ErrorSubject::Connection,
-                    text,
-                }) => {
-                    return Err(CliError::refused(
-                        format!("history of {conversation}"),
-                        code,
-                        &text,
-                    ));
-                }
-                _ => {}
-            }
+            Err(error) => return Err(error),
         };
         let last_start = page.last().map(|entry| entry.msg_id.start_us());
         entries.extend(page);
@@ -135,4 +123,49 @@ pub fn run(args: &HistoryArgs, out: &mut dyn Write) -> Result<Vec<HistoryEntry>,
         }
     }
     Ok(entries)
+}
+
+/// Asks for one page of history since `since_us` and waits for it.
+fn fetch_page(
+    driver: &mut Driver,
+    request: u32,
+    conversation: &ConvName,
+    since_us: u64,
+) -> Result<(Vec<HistoryEntry>, bool), CliError> {
+    driver
+        .session
+        .history(
+            request,
+            conversation.clone(),
+            since_us,
+            PAGE_LIMIT,
+            now_us(),
+            &mut driver.out,
+        )
+        .map_err(|error| CliError::Protocol(error.to_string()))?;
+    driver.flush()?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(CliError::Disconnected(
+                "no history page from the relay".into(),
+            ));
+        }
+        match driver.next_event(remaining.min(Duration::from_secs(1)))? {
+            Some(Event::HistoryPage { entries, more, .. }) => return Ok((entries, more)),
+            Some(Event::Error {
+                code,
+                about: ErrorSubject::HistoryRequest(_) | ErrorSubject::Connection,
+                text,
+            }) => {
+                return Err(CliError::refused(
+                    format!("history of {conversation}"),
+                    code,
+                    &text,
+                ));
+            }
+            _ => {}
+        }
+    }
 }

@@ -24,7 +24,8 @@ const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// What `hark listen` needs.
 #[derive(Debug, Clone)]
 pub struct ListenArgs {
-    /// Relay addresses, tried in order.
+    /// Relay addresses (`host:port`): the host pool, tried first in this order, then
+    /// avoiding hosts that failed.
     pub relay: Vec<String>,
     /// The conversation.
     pub conv: String,
@@ -116,7 +117,7 @@ pub fn listen(
         .listen(SUB, conversation.clone(), from, now_us(), &mut driver.out)
         .map_err(|error| CliError::Protocol(error.to_string()))?;
     // The listen is queued behind the hello that connect writes.
-    driver.connect(&source())?;
+    driver.connect(&source())?.report(args.json, out)?;
     let what = format!("listen to {conversation}");
     let mut open: BTreeMap<u32, OpenFile> = BTreeMap::new();
     let mut done = Vec::new();
@@ -149,7 +150,8 @@ pub fn listen(
                             serde_json::json!({"event": "disconnected", "detail": detail})
                         )?;
                     }
-                    reconnect(&mut driver, source, args.reconnect_patience)?;
+                    reconnect(&mut driver, source, args.reconnect_patience)?
+                        .report(args.json, out)?;
                     continue;
                 }
                 Err(error) => return Err(error),

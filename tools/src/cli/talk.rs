@@ -25,7 +25,8 @@ pub const END_WAIT: Duration = Duration::from_secs(30);
 /// What `hark talk` needs.
 #[derive(Debug, Clone)]
 pub struct TalkArgs {
-    /// Relay addresses (`host:port`), tried in order.
+    /// Relay addresses (`host:port`): the host pool, tried first in this order, then
+    /// avoiding hosts that failed.
     pub relay: Vec<String>,
     /// The conversation.
     pub conv: String,
@@ -82,7 +83,7 @@ pub fn talk(
         &conversation,
     )?;
     let mut driver = Driver::new(ClientSession::new(token, CLIENT_NAME));
-    driver.connect(&source())?;
+    driver.connect(&source())?.report(args.json, out)?;
     let frame_interval = match driver.session.hello_state() {
         hark_core::client::HelloState::Accepted(terms) if args.fast => Some(Duration::from_micros(
             1_000_000 / u64::from(terms.limits.frames_per_second_max.max(1)),
@@ -104,7 +105,7 @@ pub fn talk(
             Ok(done) => break done,
             Err((CliError::Refused { code, .. }, lost))
                 if code == ErrorCode::MESSAGE_UNAVAILABLE.0
-                    && driver.session.connections() > 1
+                    && driver.connections() > 1
                     && abandoned.len() < MESSAGE_RESTARTS_MAX =>
             {
                 // The relay restarted and forgot the open message (it keeps what was stored,
@@ -128,7 +129,7 @@ pub fn talk(
             Err((error, _)) => return Err(error),
         }
     };
-    let resumes = driver.session.connections().saturating_sub(1);
+    let resumes = driver.connections().saturating_sub(1);
     if args.json {
         let line = serde_json::json!({
             "event": "stored", "msg_id": msg_id.to_string(), "frame_count": frame_count,
@@ -246,7 +247,7 @@ fn send_frames(
             .map_err(|error| CliError::Protocol(error.to_string()));
         sent?;
         if let Err(CliError::Disconnected(_)) = driver.flush() {
-            reconnect(driver, source, args.reconnect_patience)?;
+            reconnect(driver, source, args.reconnect_patience)?.report(args.json, out)?;
         }
     }
     driver
@@ -254,7 +255,7 @@ fn send_frames(
         .talk_end(STREAM, now_us(), &mut driver.out)
         .map_err(|error| CliError::Protocol(error.to_string()))?;
     if let Err(CliError::Disconnected(_)) = driver.flush() {
-        reconnect(driver, source, args.reconnect_patience)?;
+        reconnect(driver, source, args.reconnect_patience)?.report(args.json, out)?;
     }
     let deadline = Instant::now() + END_WAIT + args.reconnect_patience;
     while state.ended.is_none() {
@@ -300,7 +301,7 @@ fn step(
                 let line = serde_json::json!({"event": "disconnected", "detail": detail});
                 writeln!(out, "{line}")?;
             }
-            return reconnect(driver, source, patience);
+            return reconnect(driver, source, patience)?.report(state.json, out);
         }
         Err(error) => return Err(error),
     };
