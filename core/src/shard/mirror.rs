@@ -595,4 +595,28 @@ impl<S: BodyStore> Shard<S> {
             self.release_route(l.conn, super::RouteReleased::Sub(sub), false);
         }
     }
+
+    /// A listener of a mirrored conversation fell so far behind that more messages started
+    /// than its backlog holds (`replay_page_messages`); the store here does not hold them, so
+    /// its subscription ends and the client listens again from the last message it completed
+    /// (which catches up through the owner).
+    pub(super) fn fall_too_far_behind(&mut self, listener: super::conversation::ListenerRef) {
+        let (conn, slot) = (listener.conn, usize::from(listener.slot));
+        let Some(sub) = self
+            .session(conn)
+            .and_then(|s| s.subs.get(slot)?.as_ref())
+            .map(|s| s.sub)
+        else {
+            return;
+        };
+        self.drop_subscription(conn, slot);
+        self.send_error(
+            conn,
+            ErrorCode::MAP_CHANGED,
+            ErrorSubject::Sub(sub),
+            "this listener fell too far behind another host's conversation; listen again from \
+             the last message completed",
+        );
+        self.release_route(conn, super::RouteReleased::Sub(sub), false);
+    }
 }

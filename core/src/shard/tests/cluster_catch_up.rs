@@ -403,3 +403,156 @@ fn a_live_listener_on_another_host_too_far_behind_is_told_to_listen_again() {
     }
     assert_eq!(again.len(), expected.len());
 }
+
+#[derive(Debug, Clone)]
+enum Op {
+    Frame(usize),
+    End(usize),
+    /// A listener joins from live, from the n-th message so far, or since its start.
+    Join(usize, u8, usize),
+    Stall(usize),
+    Unstall(usize),
+    Commit,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        8 => (0usize..2).prop_map(Op::Frame),
+        1 => (0usize..2).prop_map(Op::End),
+        2 => (0usize..4, 0u8..3, 0usize..8).prop_map(|(l, k, n)| Op::Join(l, k, n)),
+        2 => (0usize..4).prop_map(Op::Stall),
+        2 => (0usize..4).prop_map(Op::Unstall),
+        2 => Just(Op::Commit),
+    ]
+}
+
+/// A message talked in the simulation: its id, talker, frames, and whether its end was sent.
+struct Talked {
+    msg: MsgId,
+    talker: usize,
+    frames: u32,
+    ended: bool,
+}
+
+/// Which talked messages a listener's listen covers.
+type Covers = Box<dyn Fn(&Talked) -> bool>;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+    /// Two talkers on the owner host, four listeners on another host joining from live, a
+    /// message or a time at random points, stalls and commits in between: once everything
+    /// drains, each listener heard exactly the messages its listen covers, each whole, once,
+    /// in order, and every catch-up switched to the mirror.
+    #[test]
+    fn random_catch_ups_across_hosts_hear_exactly_what_they_asked_for(
+        ops in proptest::collection::vec(op(), 1..160),
+    ) {
+        let config = ShardConfig {
+            send_queue_bytes_max: 200,
+            send_queue_bytes_hard_max: 1 << 24,
+            frames_per_second_max: 1000,
+            rate_burst_frames: 1000,
+            replay_batch_frames: 3,
+            replay_page_messages: 64,
+            talk_streams_max: 256,
+            ..ShardConfig::default()
+        };
+        let mut cluster = Host::cluster(config, 2, 2);
+        let name = owned_by_host(&cluster, 1);
+        let talkers = [0, 1].map(|core| client_on_host(&mut cluster, 1, core));
+        let listeners = [0, 1, 2, 3].map(|l| client_on_host(&mut cluster, 2, l % 2));
+        // Per listener: the messages its listen covers (decided at the join).
+        let mut covers: [Option<Covers>; 4] = [None, None, None, None];
+        let mut talked: Vec<Talked> = Vec::new();
+        let mut open: [Option<(u32, u32)>; 2] = [None, None]; // (stream, next seq)
+        let mut streams = [0u32; 2];
+        for op in ops {
+            match op {
+                Op::Frame(t) => {
+                    let (stream, seq) = match open[t] {
+                        Some(o) => o,
+                        None => {
+                            streams[t] += 1;
+                            cluster.now_us += 1_000;
+                            cluster.talk_start(talkers[t], streams[t], &name);
+                            let msg = cluster.talk_started(talkers[t], streams[t]);
+                            talked.push(Talked { msg, talker: t, frames: 0, ended: false });
+                            (streams[t], 0)
+                        }
+                    };
+                    cluster.now_us += 5_000;
+                    cluster.frame(talkers[t], stream, seq, &payload(t as u32, seq));
+                    open[t] = Some((stream, seq + 1));
+                    if let Some(m) = talked.iter_mut().rev().find(|m| m.talker == t) {
+                        m.frames = seq + 1;
+                    }
+                }
+                Op::End(t) => {
+                    if let Some((stream, frame_count)) = open[t].take() {
+                        cluster.request(talkers[t], Request::TalkEnd { stream, frame_count });
+                        if let Some(m) = talked.iter_mut().rev().find(|m| m.talker == t) {
+                            m.ended = true;
+                        }
+                    }
+                }
+                Op::Join(l, kind, n) => {
+                    if covers[l].is_some() {
+                        continue;
+                    }
+                    let from = match (kind, talked.get(n % talked.len().max(1))) {
+                        (1, Some(m)) => ListenFrom::Message(m.msg),
+                        (2, Some(m)) => ListenFrom::Since(m.msg.start_us()),
+                        _ => ListenFrom::Live,
+                    };
+                    cluster.listen(listeners[l], 1, &name, from);
+                    // Live hears the messages not ended at the join, then every later one.
+                    let ended_before: Vec<MsgId> =
+                        talked.iter().filter(|m| m.ended).map(|m| m.msg).collect();
+                    covers[l] = Some(match from {
+                        ListenFrom::Message(first) => Box::new(move |m: &Talked| m.msg >= first),
+                        ListenFrom::Since(t) => Box::new(move |m: &Talked| m.msg.start_us() >= t),
+                        ListenFrom::Live => Box::new(move |m: &Talked| !ended_before.contains(&m.msg)),
+                    });
+                }
+                Op::Stall(l) => {
+                    if !cluster.stalled.contains(&listeners[l]) {
+                        cluster.stalled.push(listeners[l]);
+                    }
+                }
+                Op::Unstall(l) => cluster.unstall(listeners[l]),
+                Op::Commit => cluster.commit(),
+            }
+        }
+        for (t, o) in open.iter().enumerate() {
+            if let Some((stream, frame_count)) = *o {
+                cluster.request(talkers[t], Request::TalkEnd { stream, frame_count });
+            }
+        }
+        for _ in 0..100 {
+            cluster.commit();
+            for l in &listeners {
+                cluster.unstall(*l);
+            }
+        }
+        proptest::prop_assert_eq!(catch_ups_running(&cluster), 0, "every catch-up switched");
+        for (l, listener) in listeners.iter().enumerate() {
+            proptest::prop_assert!(cluster.errors(*listener).is_empty(), "{:?}", cluster.errors(*listener));
+            let Some(covers) = &covers[l] else { continue };
+            let heard = heard(cluster.events(*listener));
+            let expected: Vec<&Talked> = talked.iter().filter(|m| covers(m)).collect();
+            proptest::prop_assert_eq!(heard.len(), expected.len(), "listener {}", l);
+            for m in expected {
+                let h = heard.get(&m.msg);
+                proptest::prop_assert!(h.is_some(), "listener {} missed {}", l, m.msg);
+                let h = h.unwrap();
+                let frame_count = m.frames;
+                proptest::prop_assert_eq!(seqs(h), (0..frame_count).collect::<Vec<_>>());
+                for (seq, _, bytes) in &h.frames {
+                    proptest::prop_assert_eq!(&bytes[..], &payload(m.talker as u32, *seq)[..]);
+                }
+                proptest::prop_assert_eq!(h.ended, Some((frame_count, MessageOutcome::Complete)));
+            }
+        }
+    }
+}
