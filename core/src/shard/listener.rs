@@ -92,13 +92,15 @@ impl<S: BodyStore> Shard<S> {
             self.route_to_owner(conn, serving, request, about);
             return true;
         }
-        if owner != self.shard && from != ListenFrom::Live {
+        // From a message or a time, another host's conversation is caught up through a
+        // subscription of its own on the owner, then switched to the mirror.
+        let through_owner = owner != self.shard && from != ListenFrom::Live;
+        if through_owner && self.owner_catch_ups_full() {
             self.send_error(
                 conn,
                 ErrorCode::OWNER_UNAVAILABLE,
                 about,
-                "listening from a message or a time to a conversation owned by another host is \
-                 not served yet; listen from live, or connect to the owner host",
+                "too many listeners of this host are catching up from other hosts; retry later",
             );
             return false;
         }
@@ -137,6 +139,8 @@ impl<S: BodyStore> Shard<S> {
                     .unwrap_or_default();
                 (open, None, conv.and_then(|c| c.newest_msg))
             }
+            // The owner lists the messages (and refuses an unknown one).
+            _ if through_owner => (VecDeque::new(), None, None),
             ListenFrom::Since(since_us) => {
                 (VecDeque::new(), Some(TimelineFrom::Since(since_us)), None)
             }
@@ -171,6 +175,8 @@ impl<S: BodyStore> Shard<S> {
             timeline,
             last_listed,
             deliveries: Vec::new(),
+            through_owner: None,
+            heard_before: None,
         };
         let Some(session) = self.session_mut(conn) else {
             return false;
@@ -200,6 +206,10 @@ impl<S: BodyStore> Shard<S> {
             if let Some(name) = name {
                 self.ensure_mirror(conv_slot, &name, owner);
             }
+        }
+        if through_owner {
+            // `listening` (or the owner's refusal) comes back from the owner.
+            return self.open_owner_catch_up(conn, slot, owner, from);
         }
         self.send_event(conn, &Event::Listening { sub });
         self.pump_queue.push(conn);
@@ -235,6 +245,9 @@ impl<S: BodyStore> Shard<S> {
             conn,
             slot: slot as u16,
         };
+        if let Some(catch_up) = &sub.through_owner {
+            self.close_owner_catch_up(catch_up);
+        }
         for d in &sub.deliveries {
             if let Some(m) = self
                 .msg_by_id
@@ -266,10 +279,11 @@ impl<S: BodyStore> Shard<S> {
             return;
         };
         let (msg, conv_slot) = (m.msg, m.conv);
-        let listeners = match self.conversations.get(conv_slot) {
-            Some(conv) => conv.listeners.clone(),
+        let (listeners, mirror_sub) = match self.conversations.get(conv_slot) {
+            Some(conv) => (conv.listeners.clone(), conv.mirror.as_ref().map(|m| m.sub)),
             None => return,
         };
+        let backlog_max = self.config.replay_page_messages.max(1);
         for listener in listeners {
             let Some(sub) = self
                 .session_mut(listener.conn)
@@ -277,8 +291,26 @@ impl<S: BodyStore> Shard<S> {
             else {
                 continue;
             };
+            if sub.through_owner.is_some()
+                || sub.heard_before.is_some_and(|h| h.covers(mirror_sub, msg))
+            {
+                // Heard through the owner: the catch-up lists it, or listed it already.
+                continue;
+            }
             if sub.live {
                 self.begin_delivery(listener.conn, usize::from(listener.slot), msg);
+            } else if mirror_sub.is_some() {
+                // The store here does not hold a mirrored conversation: list the message
+                // itself (the mirror keeps it while it is listed).
+                if sub.backlog.len() >= backlog_max {
+                    self.fall_too_far_behind(listener);
+                    continue;
+                }
+                sub.backlog.push_back(msg);
+                if sub.last_listed.is_none_or(|l| msg > l) {
+                    sub.last_listed = Some(msg);
+                }
+                self.pump_queue.push(listener.conn);
             } else if sub.timeline.is_none() {
                 let after = sub.last_listed.unwrap_or(MsgId(msg.0.saturating_sub(1)));
                 sub.timeline = Some(TimelineFrom::After(after));
@@ -327,6 +359,11 @@ impl<S: BodyStore> Shard<S> {
         else {
             return false;
         };
+        if sub.through_owner.is_some() {
+            // The owner replays for it; room in the queue lets the owner send more.
+            self.credit_owner_catch_up(conn, slot);
+            return false;
+        }
         if let Some(d) = sub.deliveries.iter().position(|d| !d.live) {
             return self.replay_step(conn, slot, d);
         }
@@ -367,7 +404,7 @@ impl<S: BodyStore> Shard<S> {
 
     /// Opens a message stream for a subscription: `message_started`, then replay from frame 0
     /// (or live right away when the subscription is live and the message has just started).
-    fn begin_delivery(&mut self, conn: ConnId, slot: usize, msg: MsgId) {
+    pub(super) fn begin_delivery(&mut self, conn: ConnId, slot: usize, msg: MsgId) {
         let live_slot = self.msg_by_id.get(&msg).copied();
         let (handle, sender, codec) = match live_slot.and_then(|s| self.messages.get(s)) {
             Some(m) => {

@@ -28,13 +28,16 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 
 use super::conversation::{ConvMirror, LiveMessage, MessagePhase, Talker};
+use super::owner_catch_up::CatchUpRoute;
 use super::peer::PeerMessage;
 use super::session::ConnId;
 use super::store::{BodyStore, EndState};
 use super::{Action, Shard};
 use crate::ids::{ConvName, MsgId, ShardId};
 use crate::map::MEMBERSHIP_SHARDS_MAX;
-use crate::protocol::{Decoder, ErrorSubject, Event, ListenFrom, MessageOutcome, Request};
+use crate::protocol::{
+    Decoder, ErrorCode, ErrorSubject, Event, ListenFrom, MessageOutcome, Request,
+};
 use crate::token::{ConvPrefix, Grant, Right, Rights, Scope, Subject};
 
 /// Uplink connection ids live at the top of the `u32` index space, above every session slot
@@ -61,6 +64,9 @@ pub(crate) struct Mirrors {
     decoder: Decoder,
     /// A mirror lost its subscription: subscribe again on the next tick.
     pub(crate) retry: bool,
+    /// Catch-ups of this shard's listeners through their own links to owners, by link
+    /// (`owner_catch_up.rs`); at most `OWNER_CATCH_UPS_MAX`.
+    pub(crate) catch_ups: HashMap<ConnId, CatchUpRoute>,
 }
 
 impl<S: BodyStore> Shard<S> {
@@ -166,17 +172,7 @@ impl<S: BodyStore> Shard<S> {
         if let Some(&conn) = self.mirrors.uplinks.get(&owner) {
             return Some(conn);
         }
-        let index = self
-            .cluster
-            .shards()
-            .iter()
-            .position(|s| s.shard == owner)?;
-        self.mirrors.uplink_generation = self.mirrors.uplink_generation.wrapping_add(1);
-        let conn = ConnId {
-            // The membership holds at most MEMBERSHIP_SHARDS_MAX shards: the index fits.
-            index: UPLINK_INDEX_MIN + index as u32,
-            generation: self.mirrors.uplink_generation,
-        };
+        let conn = self.new_link_id(owner)?;
         self.mirrors.uplinks.insert(owner, conn);
         let grant = self.edge_grant();
         let session_id = self.new_session_id();
@@ -189,6 +185,22 @@ impl<S: BodyStore> Shard<S> {
             },
         });
         Some(conn)
+    }
+
+    /// A virtual connection id towards `owner` that no other link of this shard uses: the
+    /// owner's position in the cluster map above `UPLINK_INDEX_MIN`, and a new generation.
+    pub(super) fn new_link_id(&mut self, owner: ShardId) -> Option<ConnId> {
+        let index = self
+            .cluster
+            .shards()
+            .iter()
+            .position(|s| s.shard == owner)?;
+        self.mirrors.uplink_generation = self.mirrors.uplink_generation.wrapping_add(1);
+        Some(ConnId {
+            // The membership holds at most MEMBERSHIP_SHARDS_MAX shards: the index fits.
+            index: UPLINK_INDEX_MIN + index as u32,
+            generation: self.mirrors.uplink_generation,
+        })
     }
 
     /// Detaches the uplink to `owner` when no mirror uses it any more.
@@ -204,9 +216,13 @@ impl<S: BodyStore> Shard<S> {
         }
     }
 
-    /// This shard's uplink to `owner`, if open.
-    pub(super) fn mirrors_uplink(&self, owner: ShardId) -> Option<ConnId> {
-        self.mirrors.uplinks.get(&owner).copied()
+    /// The owner closed a link of this shard's (the uplink, or a listener's catch-up link).
+    pub(super) fn uplink_closed(&mut self, owner: ShardId, conn: ConnId) {
+        if self.mirrors.uplinks.get(&owner) == Some(&conn) {
+            self.uplink_lost(owner);
+        } else {
+            self.owner_catch_up_closed(conn);
+        }
     }
 
     /// Whether `conn` names an uplink (not a client connection).
@@ -214,13 +230,14 @@ impl<S: BodyStore> Shard<S> {
         conn.index >= UPLINK_INDEX_MIN
     }
 
-    /// The rights an edge holds on its owners: listening to any conversation. The peer link
-    /// that carries it is authenticated, and each client was authorised on its own host.
-    fn edge_grant(&self) -> Grant {
+    /// The rights an edge holds on its owners: listening to any conversation, from live or
+    /// from the store (a listener's catch-up). The peer link that carries it is
+    /// authenticated, and each client was authorised on its own host.
+    pub(super) fn edge_grant(&self) -> Grant {
         Grant {
             // Invariant: a short printable constant is a valid subject.
             subject: Subject::new(EDGE_SUBJECT).expect("the edge subject is valid"),
-            rights: Rights::of(&[Right::Listen]),
+            rights: Rights::of(&[Right::Listen, Right::History]),
             // Invariant: the empty prefix is valid.
             scope: Scope::Prefix(ConvPrefix::new("").expect("the empty prefix is valid")),
             expires_at_s: u64::MAX,
@@ -231,7 +248,8 @@ impl<S: BodyStore> Shard<S> {
     /// Events the owner delivered on an uplink.
     pub(super) fn uplink_deliver(&mut self, owner: ShardId, conn: ConnId, bytes: Bytes) {
         if self.mirrors.uplinks.get(&owner) != Some(&conn) {
-            return; // an uplink closed since
+            // A listener's catch-up link, or a link closed since.
+            return self.owner_catch_up_deliver(owner, conn, bytes);
         }
         // The bytes are consumed at once: credit them so the owner's queue stays short.
         self.actions.push_back(Action::ToShard {
@@ -258,11 +276,21 @@ impl<S: BodyStore> Shard<S> {
             }
         }
         self.mirrors.input = input;
+        // What the mirror now holds may let listeners catching up through this owner switch.
+        self.switch_ready_catch_ups(owner);
     }
 
     /// The owner closed the uplink (or it broke): every mirror on it subscribes again on the
     /// next tick, wherever the map then says.
     pub(super) fn uplink_lost(&mut self, owner: ShardId) {
+        // Listeners catching up through this owner cannot be sure to switch to the mirror's
+        // next subscription without a gap: they listen again.
+        self.fail_owner_catch_ups(
+            |route| route.owner == owner,
+            ErrorCode::OWNER_UNAVAILABLE,
+            "the link to the host that owns the conversation was lost; listen again from the \
+             last message completed",
+        );
         let Some(conn) = self.mirrors.uplinks.remove(&owner) else {
             return;
         };
@@ -443,15 +471,20 @@ impl<S: BodyStore> Shard<S> {
         if m.talker != Talker::Mirror || m.phase == MessagePhase::Open {
             return;
         }
-        let msg = m.msg;
-        let read = self.conversations.get(m.conv).is_some_and(|conv| {
+        let (msg, conv_slot) = (m.msg, m.conv);
+        // Read by a delivery, or listed for one (a slow listener's backlog: the store here
+        // does not hold the message, so it is replayed from this copy).
+        let read = self.conversations.get(conv_slot).is_some_and(|conv| {
             conv.listeners.iter().any(|l| {
                 self.session(l.conn)
                     .and_then(|s| s.subs.get(usize::from(l.slot))?.as_ref())
-                    .is_some_and(|sub| sub.deliveries.iter().any(|d| d.msg == msg))
+                    .is_some_and(|sub| {
+                        sub.deliveries.iter().any(|d| d.msg == msg) || sub.backlog.contains(&msg)
+                    })
             })
         });
         if !read {
+            self.note_mirrored_forgotten(conv_slot, msg);
             self.mirrors.streams.retain(|_, s| *s != slot);
             self.forget_message(slot, None);
         }
@@ -487,6 +520,25 @@ impl<S: BodyStore> Shard<S> {
     /// messages in progress end here, cut: their frames are on the old owner).
     pub(super) fn retarget_mirrors(&mut self) {
         self.mirrors.retry = false;
+        // A listener catching up through an owner that no longer owns the conversation
+        // listens again (and reaches the new owner).
+        let cluster = &self.cluster;
+        let shard = self.shard;
+        let moved: Vec<ConnId> = self
+            .mirrors
+            .catch_ups
+            .iter()
+            .filter(|(_, route)| cluster.owner(route.conv).unwrap_or(shard) != route.owner)
+            .map(|(link, _)| *link)
+            .collect();
+        for link in moved {
+            self.fail_owner_catch_up_on(
+                link,
+                ErrorCode::MAP_CHANGED,
+                "the conversation moved to another host; listen again from the last message \
+                 completed",
+            );
+        }
         let mirrored: Vec<(u32, ShardId, Option<u32>, crate::ids::ConvId)> = self
             .conversations
             .iter()
@@ -536,11 +588,35 @@ impl<S: BodyStore> Shard<S> {
             self.drop_subscription(l.conn, usize::from(l.slot));
             self.send_error(
                 l.conn,
-                crate::protocol::ErrorCode::MAP_CHANGED,
+                ErrorCode::MAP_CHANGED,
                 ErrorSubject::Sub(sub),
                 "the conversation moved to another shard; listen again",
             );
             self.release_route(l.conn, super::RouteReleased::Sub(sub), false);
         }
+    }
+
+    /// A listener of a mirrored conversation fell so far behind that more messages started
+    /// than its backlog holds (`replay_page_messages`); the store here does not hold them, so
+    /// its subscription ends and the client listens again from the last message it completed
+    /// (which catches up through the owner).
+    pub(super) fn fall_too_far_behind(&mut self, listener: super::conversation::ListenerRef) {
+        let (conn, slot) = (listener.conn, usize::from(listener.slot));
+        let Some(sub) = self
+            .session(conn)
+            .and_then(|s| s.subs.get(slot)?.as_ref())
+            .map(|s| s.sub)
+        else {
+            return;
+        };
+        self.drop_subscription(conn, slot);
+        self.send_error(
+            conn,
+            ErrorCode::MAP_CHANGED,
+            ErrorSubject::Sub(sub),
+            "this listener fell too far behind another host's conversation; listen again from \
+             the last message completed",
+        );
+        self.release_route(conn, super::RouteReleased::Sub(sub), false);
     }
 }

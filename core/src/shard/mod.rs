@@ -24,6 +24,7 @@ mod limits;
 mod listener;
 mod memory_store;
 mod mirror;
+mod owner_catch_up;
 mod peer;
 pub mod peer_wire;
 mod recovered;

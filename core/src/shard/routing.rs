@@ -242,11 +242,7 @@ impl<S: BodyStore> Shard<S> {
             PeerMessage::Deliver { conn, bytes } if Self::is_uplink(conn) => {
                 self.uplink_deliver(from, conn, bytes);
             }
-            PeerMessage::Close { conn } if Self::is_uplink(conn) => {
-                if self.mirrors_uplink(from) == Some(conn) {
-                    self.uplink_lost(from);
-                }
-            }
+            PeerMessage::Close { conn } if Self::is_uplink(conn) => self.uplink_closed(from, conn),
             // A mirror's subscription ended; its events (unlistened, error) said so already.
             PeerMessage::Released { conn, .. } if Self::is_uplink(conn) => {}
             PeerMessage::Deliver { conn, bytes } => {

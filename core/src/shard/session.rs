@@ -9,6 +9,7 @@ use crate::token::Grant;
 use bytes::Bytes;
 
 use super::limits::FrameRate;
+use super::owner_catch_up::{HeardBefore, OwnerCatchUp};
 use super::store::{BodyStore, TimelineFrom};
 use super::{Action, PeerMessage, SessionSlot, Shard};
 use crate::ids::ShardId;
@@ -191,6 +192,13 @@ pub(crate) struct Subscription {
     pub last_listed: Option<MsgId>,
     /// Messages being delivered (started, not ended).
     pub deliveries: Vec<Delivery>,
+    /// Set while the subscription catches up through its own subscription on the owner host
+    /// (listening from a message or a time to a mirrored conversation, `owner_catch_up.rs`):
+    /// the local pump then runs no store timeline for it.
+    pub through_owner: Option<Box<OwnerCatchUp>>,
+    /// Set when such a catch-up switched to the mirror: the messages it delivered (or that
+    /// fall before the listen's start) are not announced to it again by the mirror.
+    pub heard_before: Option<HeardBefore>,
 }
 
 /// One message being delivered to one subscription.

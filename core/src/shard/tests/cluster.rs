@@ -5,20 +5,26 @@ use super::*;
 use crate::protocol::MessageOutcome;
 
 /// A conversation name whose owner is on `host`.
-fn owned_by_host(cluster: &Host, host: u16) -> String {
+pub(super) fn owned_by_host(cluster: &Host, host: u16) -> String {
     (0..10_000)
         .map(|i| format!("room-{i}"))
         .find(|name| cluster.shards[0].owner_of(conv(name).id()).host == HostId(host))
         .expect("some name hashes to each host")
 }
 
-fn client_on_host(cluster: &mut Host, host: u16, core: u16) -> Client {
+pub(super) fn client_on_host(cluster: &mut Host, host: u16, core: u16) -> Client {
     let index = cluster.index_of(ShardId::new(host, core));
     cluster.client_on(index)
 }
 
 /// Talks `frames` frames of one message on `stream` and ends it.
-fn talk_message(cluster: &mut Host, talker: Client, stream: u32, name: &str, frames: u32) {
+pub(super) fn talk_message(
+    cluster: &mut Host,
+    talker: Client,
+    stream: u32,
+    name: &str,
+    frames: u32,
+) {
     cluster.talk_start(talker, stream, name);
     for seq in 0..frames {
         cluster.frame(talker, stream, seq, &[seq as u8; 40]);
@@ -33,7 +39,7 @@ fn talk_message(cluster: &mut Host, talker: Client, stream: u32, name: &str, fra
     cluster.commit();
 }
 
-fn assert_heard_whole(cluster: &Host, listener: Client, msg: MsgId, frames: u32) {
+pub(super) fn assert_heard_whole(cluster: &Host, listener: Client, msg: MsgId, frames: u32) {
     let heard = heard(cluster.events(listener));
     let got = heard.get(&msg).expect("the listener heard the message");
     let seqs: Vec<u32> = got.frames.iter().map(|f| f.0).collect();

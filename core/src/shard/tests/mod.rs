@@ -4,6 +4,7 @@
 mod bounds;
 mod catch_up;
 mod cluster;
+mod cluster_catch_up;
 mod limits;
 mod live;
 mod sessions;
