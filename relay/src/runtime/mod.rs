@@ -487,7 +487,13 @@ impl ClusterStart {
             settings.weight_per_core,
         )
         .map_err(|e| StartError::Map(e.to_string()))?;
-        let mut node = ClusterNode::new(card, ClusterConfig::default(), generation)
+        // The join's nonces come from the node's generator: seed it unpredictably.
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| StartError::Io {
+            what: "seed the membership node".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let mut node = ClusterNode::new(card, ClusterConfig::default(), u64::from_le_bytes(seed))
             .map_err(|e| StartError::Map(e.to_string()))?;
         node.join(generation, &settings.seeds)
             .map_err(|e| StartError::Map(e.to_string()))?;
