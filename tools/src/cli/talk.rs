@@ -104,24 +104,24 @@ pub fn talk(
         ) {
             Ok(done) => break done,
             Err((CliError::Refused { code, .. }, lost))
-                if code == ErrorCode::MESSAGE_UNAVAILABLE.0
-                    && driver.connections() > 1
+                if restartable(ErrorCode(code), driver.connections())
                     && abandoned.len() < MESSAGE_RESTARTS_MAX =>
             {
-                // The relay restarted and forgot the open message (it keeps what was stored,
-                // ended truncated): talk the whole file again as a new message.
+                // The relay restarted and forgot the open message, or the host that owned it
+                // is gone, or the map moved it (what was stored stays, ended truncated): talk
+                // the whole file again as a new message.
                 let lost =
                     lost.map_or_else(|| "an unnamed message".to_owned(), |id| id.to_string());
                 if args.json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({"event": "restarted", "abandoned_msg_id": lost})
-                    )?;
+                    let line = serde_json::json!({
+                        "event": "restarted", "abandoned_msg_id": lost, "reason": ErrorCode(code).to_string(),
+                    });
+                    writeln!(out, "{line}")?;
                 } else {
                     writeln!(
                         out,
-                        "the relay lost {lost}; talking the file again as a new message"
+                        "the relay lost {lost} ({}); talking the file again as a new message",
+                        ErrorCode(code)
                     )?;
                 }
                 abandoned.push(lost);
@@ -149,6 +149,15 @@ pub fn talk(
         resumes,
         abandoned,
     })
+}
+
+/// Whether a message cut by `code` is talked again as a new one: the relay forgot it after a
+/// restart (`message_unavailable`, only once we reconnected), its owner host is unreachable
+/// (`owner_unavailable`), or the cluster's map moved it (`map_changed`).
+fn restartable(code: ErrorCode, connections: u32) -> bool {
+    (code == ErrorCode::MESSAGE_UNAVAILABLE && connections > 1)
+        || code == ErrorCode::OWNER_UNAVAILABLE
+        || code == ErrorCode::MAP_CHANGED
 }
 
 /// Talks `file` as one message on the driver's session; a failure comes with the message id
@@ -342,4 +351,19 @@ fn step(
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_cut_by_a_lost_owner_or_a_moved_map_are_talked_again() {
+        assert!(restartable(ErrorCode::OWNER_UNAVAILABLE, 1));
+        assert!(restartable(ErrorCode::MAP_CHANGED, 1));
+        assert!(restartable(ErrorCode::MESSAGE_UNAVAILABLE, 2));
+        // Before any reconnect, an unknown message is the caller's mistake, not a loss.
+        assert!(!restartable(ErrorCode::MESSAGE_UNAVAILABLE, 1));
+        assert!(!restartable(ErrorCode::RATE_LIMITED, 2));
+    }
 }
