@@ -151,12 +151,8 @@ impl<S: BodyStore> Shard<S> {
                     .is_none_or(|h| h.conv != conv_id)
                 {
                     self.drop_conversation_if_idle(conv_slot);
-                    self.send_error(
-                        conn,
-                        ErrorCode::MESSAGE_UNAVAILABLE,
-                        about,
-                        "the message is not stored in this conversation",
-                    );
+                    let (code, text) = self.unavailable(msg, "is not stored in this conversation");
+                    self.send_error(conn, code, about, &text);
                     return false;
                 }
                 let from = match msg.0.checked_sub(1) {

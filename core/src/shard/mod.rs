@@ -541,6 +541,29 @@ impl<S: BodyStore> Shard<S> {
         self.local_shards.owner(conv).unwrap_or(self.shard)
     }
 
+    /// Why message `msg` cannot be served here: `owner_unavailable` when the host that
+    /// stored it is not in the cluster now (it is reachable again once that host is back),
+    /// else `message_unavailable` with `why`.
+    fn unavailable(&self, msg: MsgId, why: &str) -> (ErrorCode, String) {
+        let home = msg.shard();
+        let host_gone = home.host != self.shard.host
+            && !self
+                .cluster
+                .shards()
+                .iter()
+                .any(|s| s.shard.host == home.host);
+        if host_gone {
+            let text = format!(
+                "message {msg} is stored on host {}, which is not in the cluster now; it is \
+                 reachable again when that host is back",
+                home.host
+            );
+            (ErrorCode::OWNER_UNAVAILABLE, text)
+        } else {
+            (ErrorCode::MESSAGE_UNAVAILABLE, format!("the message {why}"))
+        }
+    }
+
     /// Whether `shard` runs on this host.
     fn is_local(&self, shard: ShardId) -> bool {
         shard.host == self.shard.host

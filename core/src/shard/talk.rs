@@ -156,12 +156,8 @@ impl<S: BodyStore> Shard<S> {
         let Some((slot, m)) =
             resumable.filter(|(_, m)| m.conv == conv_slot && m.phase == MessagePhase::Open)
         else {
-            return self.refuse_talk(
-                conn,
-                stream,
-                ErrorCode::MESSAGE_UNAVAILABLE,
-                "the message is not open for a resume",
-            );
+            let (code, text) = self.unavailable(msg, "is not open for a resume");
+            return self.refuse_talk(conn, stream, code, &text);
         };
         let next_seq = m.accepted;
         if let Talker::Local {

@@ -363,3 +363,51 @@ fn a_request_under_an_older_map_is_refused_with_map_changed() {
     cluster.talk_start(talker, 1, &name);
     assert_eq!(cluster.errors(talker), vec![ErrorCode::MAP_CHANGED]);
 }
+
+#[test]
+fn a_message_stored_on_a_host_that_left_is_reported_owner_unavailable_by_name() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let name = owned_by_host(&cluster, 1);
+    let talker = client_on_host(&mut cluster, 1, 0);
+    talk_message(&mut cluster, talker, 1, &name, 5);
+    let msg = cluster.talk_started(talker, 1);
+    cluster.dead_hosts.push(HostId(1));
+    let survivors = Membership::from_hosts(
+        3,
+        [2, 3].map(|host| HostSpec {
+            host: HostId(host),
+            cores: vec![0],
+            weight_per_core: 1,
+        }),
+    )
+    .unwrap();
+    for host in [2, 3] {
+        let i = cluster.index_of(ShardId::new(host, 0));
+        let now = cluster.now_us;
+        cluster.shards[i].peer_lost(now, ShardId::new(1, 0));
+        cluster.shards[i].set_cluster_map(now, survivors.clone());
+    }
+    cluster.run();
+    let listener = client_on_host(&mut cluster, 2, 0);
+    cluster.listen(listener, 1, &name, ListenFrom::Message(msg));
+    let resumer = client_on_host(&mut cluster, 3, 0);
+    cluster.request(
+        resumer,
+        Request::TalkStart {
+            stream: 1,
+            conversation: conv(&name),
+            codec: Bytes::new(),
+            resume: Some(msg),
+        },
+    );
+    for client in [listener, resumer] {
+        let text = cluster.events(client).iter().find_map(|e| match e {
+            Event::Error { code, text, .. } if *code == ErrorCode::OWNER_UNAVAILABLE => {
+                Some(text.clone())
+            }
+            _ => None,
+        });
+        let text = text.unwrap_or_else(|| panic!("{:?}", cluster.events(client)));
+        assert!(text.contains("host 1"), "{text}");
+    }
+}

@@ -204,9 +204,9 @@ fn subscription_violations_and_limits() {
     host.listen(c, 2, "b", ListenFrom::Live);
     host.listen(c, 3, "c", ListenFrom::Live);
     host.request(c, Request::Unlisten { sub: 9 });
-    host.listen(c, 4, "c", ListenFrom::Message(MsgId(12345)));
+    host.listen(c, 4, "c", ListenFrom::Message(MsgId((1 << 48) | 12345)));
     host.request(c, Request::Unlisten { sub: 1 });
-    host.listen(c, 4, "c", ListenFrom::Message(MsgId(12345)));
+    host.listen(c, 4, "c", ListenFrom::Message(MsgId((1 << 48) | 12345)));
     assert_eq!(
         host.errors(c),
         vec![
