@@ -18,7 +18,7 @@
 //! The next send redials after a backoff.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
@@ -71,10 +71,10 @@ pub(crate) struct Links {
     pub(crate) dial_wake: Rc<Wakeup>,
     /// Peers whose link failed, with when they may be dialed again and the next backoff.
     backoff: HashMap<ShardId, (u64, Duration)>,
-    /// Peers to report lost to the shard (then kept in `reported` until a link is up again,
-    /// so a dropped send does not report the same loss again and again).
+    /// Peers to report lost to the shard: every message dropped for want of a link reports its
+    /// peer again, so the shard never waits on a message that was not sent (a mirror that
+    /// subscribed during a redial backoff subscribes again on its next tick).
     lost: Vec<ShardId>,
-    reported: HashSet<ShardId>,
     /// The accepted link currently serving each peer (an older one is stale).
     inbound: HashMap<ShardId, u64>,
     next_link_id: u64,
@@ -108,7 +108,6 @@ impl Links {
             dial_wake: Rc::new(Wakeup::default()),
             backoff: HashMap::new(),
             lost: Vec::new(),
-            reported: HashSet::new(),
             inbound: HashMap::new(),
             next_link_id: 0,
         }
@@ -203,7 +202,7 @@ impl Links {
     }
 
     fn report_lost(&mut self, peer: ShardId) {
-        if self.reported.insert(peer) {
+        if !self.lost.contains(&peer) {
             self.lost.push(peer);
         }
     }
@@ -231,7 +230,6 @@ impl Links {
 
     fn link_up(&mut self, peer: ShardId) {
         self.backoff.remove(&peer);
-        self.reported.remove(&peer);
     }
 
     /// Peers to report lost, oldest first.
