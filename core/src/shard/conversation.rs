@@ -119,6 +119,32 @@ pub(crate) struct LiveMessage {
 }
 
 impl LiveMessage {
+    /// An open message of conversation slot `conv` whose first `durable` frames are in a store
+    /// already (0 for a new message), heard through stream `handle`.
+    pub(crate) fn open(
+        msg: MsgId,
+        conv: u32,
+        handle: u32,
+        sender: String,
+        codec: Bytes,
+        talker: Talker,
+        durable: u32,
+    ) -> Self {
+        Self {
+            msg,
+            conv,
+            handle,
+            sender,
+            codec,
+            accepted: durable,
+            tail: VecDeque::new(),
+            phase: MessagePhase::Open,
+            talker,
+            live: Vec::new(),
+            stored_acked: durable,
+        }
+    }
+
     /// First sequence number held in the tail (every lower one is durable in the store).
     pub(crate) fn tail_first_seq(&self) -> u32 {
         self.accepted - self.tail.len() as u32

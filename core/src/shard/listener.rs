@@ -126,18 +126,9 @@ impl<S: BodyStore> Shard<S> {
         let conv_id = conversation.id();
         let (backlog, timeline, last_listed) = match from {
             ListenFrom::Live => {
-                let conv = self.conversations.get(conv_slot);
-                let open: VecDeque<MsgId> = conv
-                    .map(|c| {
-                        c.messages
-                            .iter()
-                            .filter_map(|s| self.messages.get(*s))
-                            .filter(|m| m.phase == MessagePhase::Open)
-                            .map(|m| m.msg)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (open, None, conv.and_then(|c| c.newest_msg))
+                let open = VecDeque::from(self.open_messages(conv_slot));
+                let newest = self.conversations.get(conv_slot).and_then(|c| c.newest_msg);
+                (open, None, newest)
             }
             // The owner lists the messages (and refuses an unknown one).
             _ if through_owner => (VecDeque::new(), None, None),

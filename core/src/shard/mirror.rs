@@ -103,18 +103,7 @@ impl<S: BodyStore> Shard<S> {
         };
         let sub = self.mirrors.next_sub;
         self.mirrors.next_sub = self.mirrors.next_sub.wrapping_add(1);
-        let held: Vec<MsgId> = self
-            .conversations
-            .get(conv_slot)
-            .map(|c| {
-                c.messages
-                    .iter()
-                    .filter_map(|s| self.messages.get(*s))
-                    .filter(|m| m.phase == MessagePhase::Open)
-                    .map(|m| m.msg)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let held = self.open_messages(conv_slot);
         let Some(mirror) = self
             .conversations
             .get_mut(conv_slot)
@@ -433,27 +422,9 @@ impl<S: BodyStore> Shard<S> {
             return;
         }
         let handle = self.allocate_handle();
-        let slot = self.messages.insert(LiveMessage {
-            msg,
-            conv: conv_slot,
-            handle,
-            sender,
-            codec,
-            accepted: 0,
-            tail: Default::default(),
-            phase: MessagePhase::Open,
-            talker: Talker::Mirror,
-            live: Vec::new(),
-            stored_acked: 0,
-        });
-        self.msg_by_id.insert(msg, slot);
+        let message = LiveMessage::open(msg, conv_slot, handle, sender, codec, Talker::Mirror, 0);
+        let slot = self.insert_live_message(message);
         self.mirrors.streams.insert((owner, stream), slot);
-        if let Some(conv) = self.conversations.get_mut(conv_slot) {
-            conv.messages.push(slot);
-            if conv.newest_msg.is_none_or(|n| msg > n) {
-                conv.newest_msg = Some(msg);
-            }
-        }
         self.announce_message(slot);
     }
 

@@ -603,6 +603,36 @@ impl<S: BodyStore> Shard<S> {
         self.actions.push_back(Action::WakeAt(at));
     }
 
+    /// Holds `message` in memory: in the message slab, by id, and in its conversation (whose
+    /// newest message it may become). Returns its slot.
+    fn insert_live_message(&mut self, message: LiveMessage) -> u32 {
+        let (msg, conv_slot) = (message.msg, message.conv);
+        let slot = self.messages.insert(message);
+        self.msg_by_id.insert(msg, slot);
+        if let Some(conv) = self.conversations.get_mut(conv_slot) {
+            conv.messages.push(slot);
+            if conv.newest_msg.is_none_or(|n| msg > n) {
+                conv.newest_msg = Some(msg);
+            }
+        }
+        slot
+    }
+
+    /// The messages of conversation slot `conv_slot` that still take frames, oldest first.
+    fn open_messages(&self, conv_slot: u32) -> Vec<MsgId> {
+        self.conversations
+            .get(conv_slot)
+            .map(|c| {
+                c.messages
+                    .iter()
+                    .filter_map(|s| self.messages.get(*s))
+                    .filter(|m| m.phase == conversation::MessagePhase::Open)
+                    .map(|m| m.msg)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn conversation_slot(&mut self, name: &crate::ids::ConvName) -> Option<u32> {
         self.conversation_slot_of(name.id())
     }

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use super::conversation::{Conversation, LiveMessage, MessagePhase, Talker};
+use super::conversation::{Conversation, LiveMessage, Talker};
 use super::{BodyStore, EndState, Shard};
 use crate::ids::MsgId;
 
@@ -32,26 +32,16 @@ impl<S: BodyStore> Shard<S> {
                 continue;
             };
             let handle = self.allocate_handle();
-            let slot = self.messages.insert(LiveMessage {
+            let message = LiveMessage::open(
                 msg,
-                conv: conv_slot,
+                conv_slot,
                 handle,
-                sender: String::from_utf8_lossy(&info.sender).into_owned(),
-                codec: Bytes::from(info.codec),
-                accepted: info.frame_count,
-                tail: Default::default(),
-                phase: MessagePhase::Open,
-                talker: Talker::Vanished { since_us: now_us },
-                live: Vec::new(),
-                stored_acked: info.frame_count,
-            });
-            self.msg_by_id.insert(msg, slot);
-            if let Some(conv) = self.conversations.get_mut(conv_slot) {
-                conv.messages.push(slot);
-                if conv.newest_msg.is_none_or(|n| msg > n) {
-                    conv.newest_msg = Some(msg);
-                }
-            }
+                String::from_utf8_lossy(&info.sender).into_owned(),
+                Bytes::from(info.codec),
+                Talker::Vanished { since_us: now_us },
+                info.frame_count,
+            );
+            self.insert_live_message(message);
             resumable += 1;
         }
         self.finish_input();

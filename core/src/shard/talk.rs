@@ -120,24 +120,9 @@ impl<S: BodyStore> Shard<S> {
         }
         self.tally.messages_started += 1;
         let handle = self.allocate_handle();
-        let slot = self.messages.insert(LiveMessage {
-            msg,
-            conv: conv_slot,
-            handle,
-            sender,
-            codec,
-            accepted: 0,
-            tail: Default::default(),
-            phase: MessagePhase::Open,
-            talker: Talker::Local { conn, stream },
-            live: Vec::new(),
-            stored_acked: 0,
-        });
-        self.msg_by_id.insert(msg, slot);
-        if let Some(conv) = self.conversations.get_mut(conv_slot) {
-            conv.messages.push(slot);
-            conv.newest_msg = Some(msg);
-        }
+        let talker = Talker::Local { conn, stream };
+        let message = LiveMessage::open(msg, conv_slot, handle, sender, codec, talker, 0);
+        let slot = self.insert_live_message(message);
         self.attach_talk(conn, stream, slot);
         self.send_event(
             conn,

@@ -4,6 +4,19 @@
 use super::*;
 use crate::protocol::MessageOutcome;
 
+/// The map of `hosts`, one shard each, at `epoch`.
+pub(super) fn one_core_hosts(epoch: u64, hosts: &[u16]) -> Membership {
+    Membership::from_hosts(
+        epoch,
+        hosts.iter().map(|&host| HostSpec {
+            host: HostId(host),
+            cores: vec![0],
+            weight_per_core: 1,
+        }),
+    )
+    .unwrap()
+}
+
 /// A conversation name whose owner is on `host`.
 pub(super) fn owned_by_host(cluster: &Host, host: u16) -> String {
     (0..10_000)
@@ -197,15 +210,7 @@ fn when_the_owner_host_leaves_the_map_listeners_elsewhere_hear_the_new_owner() {
     }
     let cut = cluster.talk_started(talker, 1);
     // Host 1 dies: the others' maps drop it.
-    let survivors = Membership::from_hosts(
-        3,
-        [2, 3].map(|host| HostSpec {
-            host: HostId(host),
-            cores: vec![0],
-            weight_per_core: 1,
-        }),
-    )
-    .unwrap();
+    let survivors = one_core_hosts(3, &[2, 3]);
     cluster.dead_hosts.push(HostId(1));
     for host in [2, 3] {
         let i = cluster.index_of(ShardId::new(host, 0));
@@ -251,15 +256,7 @@ fn a_talker_on_another_host_hears_owner_unavailable_when_the_owner_dies_and_talk
     }
     cluster.run();
     assert_eq!(cluster.errors(talker), vec![ErrorCode::OWNER_UNAVAILABLE]);
-    let survivors = Membership::from_hosts(
-        3,
-        [2, 3].map(|host| HostSpec {
-            host: HostId(host),
-            cores: vec![0],
-            weight_per_core: 1,
-        }),
-    )
-    .unwrap();
+    let survivors = one_core_hosts(3, &[2, 3]);
     for host in [2, 3] {
         let i = cluster.index_of(ShardId::new(host, 0));
         let now = cluster.now_us;
@@ -277,15 +274,7 @@ fn a_talker_on_another_host_hears_owner_unavailable_when_the_owner_dies_and_talk
 #[test]
 fn a_request_under_a_newer_map_waits_for_the_owner_to_apply_it_instead_of_failing() {
     let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
-    let newer = Membership::from_hosts(
-        5,
-        [1, 2].map(|host| HostSpec {
-            host: HostId(host),
-            cores: vec![0],
-            weight_per_core: 1,
-        }),
-    )
-    .unwrap();
+    let newer = one_core_hosts(5, &[1, 2]);
     // A conversation that host 3 owns now and host 2 owns once host 3 has left.
     let name = (0..10_000)
         .map(|i| format!("moving-{i}"))
@@ -346,15 +335,7 @@ fn a_request_under_an_older_map_is_refused_with_map_changed() {
     let mut cluster = Host::cluster(ShardConfig::default(), 2, 1);
     let name = owned_by_host(&cluster, 2);
     // Host 2 moved on (a third host joined, say) and host 1 still routes by the old map.
-    let newer = Membership::from_hosts(
-        9,
-        [1, 2, 4].map(|host| HostSpec {
-            host: HostId(host),
-            cores: vec![0],
-            weight_per_core: 1,
-        }),
-    )
-    .unwrap();
+    let newer = one_core_hosts(9, &[1, 2, 4]);
     let host2 = cluster.index_of(ShardId::new(2, 0));
     let now = cluster.now_us;
     cluster.shards[host2].set_cluster_map(now, newer);
@@ -372,15 +353,7 @@ fn a_message_stored_on_a_host_that_left_is_reported_owner_unavailable_by_name() 
     talk_message(&mut cluster, talker, 1, &name, 5);
     let msg = cluster.talk_started(talker, 1);
     cluster.dead_hosts.push(HostId(1));
-    let survivors = Membership::from_hosts(
-        3,
-        [2, 3].map(|host| HostSpec {
-            host: HostId(host),
-            cores: vec![0],
-            weight_per_core: 1,
-        }),
-    )
-    .unwrap();
+    let survivors = one_core_hosts(3, &[2, 3]);
     for host in [2, 3] {
         let i = cluster.index_of(ShardId::new(host, 0));
         let now = cluster.now_us;

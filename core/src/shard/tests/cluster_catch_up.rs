@@ -1,7 +1,9 @@
 //! Listening from a message or a time to a conversation owned on another host: the catch-up
 //! through the owner, the switch to the mirror, and what ends it.
 
-use super::cluster::{assert_heard_whole, client_on_host, owned_by_host, talk_message};
+use super::cluster::{
+    assert_heard_whole, client_on_host, one_core_hosts, owned_by_host, talk_message,
+};
 use super::*;
 use crate::protocol::{ErrorSubject, MessageOutcome};
 use crate::shard::owner_catch_up::OWNER_CATCH_UPS_MAX;
@@ -270,15 +272,7 @@ fn a_catch_up_in_progress_when_the_owner_host_is_lost_or_moves_ends_so_the_clien
         if lost {
             cluster.shards[edge].peer_lost(now, ShardId::new(1, 0));
         } else {
-            let survivors = Membership::from_hosts(
-                3,
-                [2, 3].map(|host| HostSpec {
-                    host: HostId(host),
-                    cores: vec![0],
-                    weight_per_core: 1,
-                }),
-            )
-            .unwrap();
+            let survivors = one_core_hosts(3, &[2, 3]);
             cluster.shards[edge].set_cluster_map(now, survivors);
         }
         cluster.run();
