@@ -64,6 +64,19 @@ pub struct RelayStatus {
     pub draining: bool,
     /// Host summaries' quantiles: (metric, quantile) → seconds.
     pub quantiles: BTreeMap<(String, String), f64>,
+    /// On a cluster host: the ownership map it routes by.
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A cluster host's map as its metrics tell it (`hark_cluster_*`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterStatus {
+    /// The map's epoch.
+    pub epoch: u64,
+    /// Live hosts in the map.
+    pub hosts: u64,
+    /// The map's checksum, 16 hex digits (equal on hosts that agree).
+    pub checksum: String,
 }
 
 /// `GET /metrics` from `addr`; the body.
@@ -233,6 +246,17 @@ pub fn relay_status(samples: &[Sample]) -> RelayStatus {
         match (sample.name.as_str(), sample.label("quantile")) {
             ("hark_ready", _) => status.ready = sample.value == 1.0,
             ("hark_draining", _) => status.draining = sample.value == 1.0,
+            // Gauges of whole numbers far below 2^53: exact as f64.
+            ("hark_cluster_epoch", _) => {
+                status.cluster.get_or_insert_default().epoch = sample.value as u64;
+            }
+            ("hark_cluster_hosts", _) => {
+                status.cluster.get_or_insert_default().hosts = sample.value as u64;
+            }
+            ("hark_cluster_map_info", _) => {
+                status.cluster.get_or_insert_default().checksum =
+                    sample.label("checksum").unwrap_or_default().to_owned();
+            }
             (name, Some(q)) if name.starts_with("hark_host_") => {
                 status
                     .quantiles
@@ -263,9 +287,13 @@ pub fn run(admin: &str, json: bool, out: &mut dyn Write) -> Result<RelayStatus, 
             .iter()
             .map(|((name, q), v)| (format!("{name}{{quantile={q}}}"), serde_json::json!(v)))
             .collect();
+        let cluster = status.cluster.as_ref().map(
+            |c| serde_json::json!({"epoch": c.epoch, "hosts": c.hosts, "checksum": c.checksum}),
+        );
         let value = serde_json::json!({
             "ready": status.ready,
             "draining": status.draining,
+            "cluster": cluster,
             "shards": shards,
             "host_quantiles_seconds": quantiles,
         });
@@ -283,6 +311,13 @@ fn write_table(status: &RelayStatus, out: &mut dyn Write) -> Result<(), CliError
         (false, false) => "not ready",
     };
     writeln!(out, "relay: {state}, {} shard(s)", status.shards.len())?;
+    if let Some(cluster) = &status.cluster {
+        writeln!(
+            out,
+            "cluster: map epoch {}, {} live host(s), checksum {}",
+            cluster.epoch, cluster.hosts, cluster.checksum
+        )?;
+    }
     writeln!(
         out,
         "{:<8} {:>6} {:>10} {:>10} {:>12} {:>12} {:>10} {:>8} {:>9} {:>10} {:>8} {:>8}",
@@ -369,6 +404,18 @@ mod tests {
         for bad in ["x{a=\"1\" 2", "x", "x{a=1} 2", "x notanumber"] {
             assert!(parse_metrics(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(status.cluster, None, "a single host");
+        let cluster = "hark_cluster_epoch 7\nhark_cluster_hosts 3\n\
+            hark_cluster_map_info{checksum=\"00ff00ff00ff00ff\"} 1\n";
+        let status = relay_status(&parse_metrics(cluster).unwrap());
+        assert_eq!(
+            status.cluster,
+            Some(ClusterStatus {
+                epoch: 7,
+                hosts: 3,
+                checksum: "00ff00ff00ff00ff".into()
+            })
+        );
         let flood = "x 1\n".repeat(STATUS_SAMPLES_MAX + 1);
         assert!(parse_metrics(&flood).is_err(), "above the sample bound");
     }
