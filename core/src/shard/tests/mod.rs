@@ -5,6 +5,7 @@ mod bounds;
 mod catch_up;
 mod cluster;
 mod cluster_catch_up;
+mod cluster_sim;
 mod limits;
 mod live;
 mod sessions;
