@@ -27,7 +27,7 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 
-use super::conversation::{ConvMirror, LiveMessage, MessagePhase, Talker};
+use super::conversation::{CUT_REMEMBERED_MAX, ConvMirror, LiveMessage, MessagePhase, Talker};
 use super::owner_catch_up::CatchUpRoute;
 use super::peer::PeerMessage;
 use super::session::ConnId;
@@ -103,7 +103,7 @@ impl<S: BodyStore> Shard<S> {
         };
         let sub = self.mirrors.next_sub;
         self.mirrors.next_sub = self.mirrors.next_sub.wrapping_add(1);
-        let held = self.open_messages(conv_slot);
+        let held = self.mirrored_messages(conv_slot, true);
         let Some(mirror) = self
             .conversations
             .get_mut(conv_slot)
@@ -342,7 +342,7 @@ impl<S: BodyStore> Shard<S> {
                     // A gap cannot come from the owner's in-order delivery; cut rather
                     // than hand listeners a hole.
                     self.mirrors.streams.remove(&(owner, stream));
-                    return self.end_mirrored(slot, EndState::Truncated);
+                    return self.cut_mirrored(slot);
                 }
                 self.accept_frame(slot, seq, payload);
             }
@@ -374,7 +374,7 @@ impl<S: BodyStore> Shard<S> {
                     .unwrap_or_default();
                 for msg in orphans {
                     if let Some(&slot) = self.msg_by_id.get(&msg) {
-                        self.end_mirrored(slot, EndState::Truncated);
+                        self.cut_mirrored(slot);
                     }
                 }
             }
@@ -409,6 +409,13 @@ impl<S: BodyStore> Shard<S> {
         sender: String,
         codec: Bytes,
     ) {
+        if self
+            .conversations
+            .get(conv_slot)
+            .is_some_and(|c| c.cut.contains(&msg))
+        {
+            return; // cut here before: its listeners heard it end
+        }
         if let Some(&slot) = self.msg_by_id.get(&msg) {
             // Held from an earlier subscription: continue it.
             if let Some(mirror) = self
@@ -519,13 +526,10 @@ impl<S: BodyStore> Shard<S> {
             let now_owner = self.owner_of(conv);
             if now_owner == self.shard || self.is_local(now_owner) {
                 self.unsubscribe_mirror(slot);
-                let held = self
-                    .conversations
-                    .get(slot)
-                    .map(|c| c.messages.clone())
-                    .unwrap_or_default();
-                for m in held {
-                    self.end_mirrored(m, EndState::Truncated);
+                for msg in self.mirrored_messages(slot, false) {
+                    if let Some(&m) = self.msg_by_id.get(&msg) {
+                        self.cut_mirrored(m);
+                    }
                 }
                 if let Some(c) = self.conversations.get_mut(slot) {
                     c.mirror = None;
@@ -538,6 +542,70 @@ impl<S: BodyStore> Shard<S> {
                 self.subscribe_mirror(slot, now_owner);
             }
         }
+        // A conversation this shard owned and still has listeners for, now owned elsewhere:
+        // on another host it becomes a mirror of the new owner (the listeners stay and hear
+        // on); on another shard of this host its listeners are told to listen again.
+        let moved: Vec<(u32, crate::ids::ConvId)> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.mirror.is_none() && !c.listeners.is_empty())
+            .map(|(slot, c)| (slot, c.id))
+            .filter(|(_, conv)| self.owner_of(*conv) != self.shard)
+            .collect();
+        for (slot, conv) in moved {
+            let now_owner = self.owner_of(conv);
+            if self.is_local(now_owner) {
+                self.end_listeners_moved(slot);
+                self.drop_conversation_if_idle(slot);
+                continue;
+            }
+            let name = self.conversations.get(slot).and_then(|c| {
+                let l = c.listeners.first()?;
+                let sub = self
+                    .session(l.conn)?
+                    .subs
+                    .get(usize::from(l.slot))?
+                    .as_ref()?;
+                Some(sub.conv_name.clone())
+            });
+            if let Some(name) = name {
+                self.ensure_mirror(slot, &name, now_owner);
+            }
+        }
+    }
+
+    /// The messages of a conversation that came from its owner (not talked here); with
+    /// `open_only`, those still taking frames.
+    fn mirrored_messages(&self, conv_slot: u32, open_only: bool) -> Vec<MsgId> {
+        self.conversations
+            .get(conv_slot)
+            .map(|c| {
+                c.messages
+                    .iter()
+                    .filter_map(|s| self.messages.get(*s))
+                    .filter(|m| m.talker == Talker::Mirror)
+                    .filter(|m| !open_only || m.phase == MessagePhase::Open)
+                    .map(|m| m.msg)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Cuts a mirrored message here (its owner did not end it): listeners hear it end
+    /// truncated, and the conversation remembers not to hear it again.
+    fn cut_mirrored(&mut self, slot: u32) {
+        if let Some(m) = self.messages.get(slot)
+            && m.phase == MessagePhase::Open
+        {
+            let (msg, conv_slot) = (m.msg, m.conv);
+            if let Some(conv) = self.conversations.get_mut(conv_slot) {
+                if conv.cut.len() >= CUT_REMEMBERED_MAX {
+                    conv.cut.pop_front();
+                }
+                conv.cut.push_back(msg);
+            }
+        }
+        self.end_mirrored(slot, EndState::Truncated);
     }
 
     /// The conversation's owner is now another shard of this host: its subscriptions here end

@@ -201,7 +201,12 @@ impl Links {
         Some(link)
     }
 
+    /// Reports `peer` lost to the shard, and drops the accepted link from it: its reader
+    /// stops at its next wake-up (a ping comes every 500 ms) and closes the socket, so the
+    /// peer's dialed link fails and the peer resets what it had with this shard too (it may be
+    /// waiting for an answer this shard could not send).
     fn report_lost(&mut self, peer: ShardId) {
+        self.inbound.remove(&peer);
         if !self.lost.contains(&peer) {
             self.lost.push(peer);
         }

@@ -4,7 +4,7 @@
 //! ends hear `peer_lost`).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rand_core::Rng;
@@ -60,9 +60,6 @@ pub(super) struct Net {
     pub flights: BinaryHeap<Reverse<Flight>>,
     flight_seq: u64,
     pub links: BTreeMap<(ShardId, ShardId), Link>,
-    /// Links whose loss was reported to their sender and not re-established since (a dropped
-    /// send reports the same loss once, as the relay's links do).
-    reported: BTreeSet<(ShardId, ShardId)>,
     /// `(shard, peer)`: tell `shard` that its link with `peer` is gone.
     pub lost: Vec<(ShardId, ShardId)>,
 }
@@ -97,7 +94,6 @@ impl Net {
             flights: BinaryHeap::new(),
             flight_seq: 0,
             links: BTreeMap::new(),
-            reported: BTreeSet::new(),
             lost: Vec::new(),
         }
     }
@@ -136,7 +132,8 @@ impl Net {
     }
 
     /// Queues `msg` on the link `from → to`, establishing it when `to` is `reachable`; an
-    /// unreachable peer drops the message and is reported lost to `from` (once).
+    /// unreachable peer drops the message and is reported lost to both ends (again for every
+    /// dropped message, so neither waits on one that was not sent).
     pub fn send(
         &mut self,
         rng: &mut XorShiftRng,
@@ -149,13 +146,16 @@ impl Net {
         let link = self.links.entry((from, to)).or_default();
         if !link.up {
             if !reachable {
-                if self.reported.insert((from, to)) {
-                    self.lost.push((from, to));
+                // The relay closes its accepted link from a peer it cannot answer, so the
+                // peer learns it too (its dialed link fails).
+                for pair in [(from, to), (to, from)] {
+                    if !self.lost.contains(&pair) {
+                        self.lost.push(pair);
+                    }
                 }
                 return;
             }
             link.up = true;
-            self.reported.remove(&(from, to));
         }
         let last = link.queue.back().map_or(0, |(due, _)| *due);
         let due = (now_us + 1 + rng.next_u64() % LINK_DELAY_US_MAX).max(last);
@@ -173,7 +173,6 @@ impl Net {
             if link.up && cut(from, to) {
                 link.up = false;
                 link.queue.clear();
-                self.reported.insert((from, to));
                 self.lost.push((from, to));
                 self.lost.push((to, from));
             }

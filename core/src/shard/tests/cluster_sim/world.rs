@@ -365,6 +365,12 @@ impl World {
                     }
                 }
                 Role::Listener(listen) => {
+                    let id = client.id;
+                    let at = client.at;
+                    trace(self.now_us, || match &event {
+                        Event::Frame { .. } => String::new(),
+                        other => format!("listener {id} at {at:?} heard {other:?}"),
+                    });
                     if let Err(rule) = listen.ear.hear(&event) {
                         panic!(
                             "invariant 2: listener {} on {:?}: {rule}",
