@@ -1,4 +1,5 @@
-//! The admin port: Prometheus metrics, liveness and readiness over plain HTTP/1.1.
+//! The admin port: Prometheus metrics, liveness and readiness over plain HTTP/1.1, and the
+//! drain switch.
 //!
 //! It runs on its own std thread with blocking sockets, well away from the shard threads, and
 //! only reads the [`Registry`] the shards publish into. It serves one connection at a time (a
@@ -12,7 +13,11 @@
 //!  GET /metrics ─► 200 Prometheus text (Registry::render_prometheus)
 //!  GET /health  ─► 200 "ok" while the process runs
 //!  GET /ready   ─► 200 when ready and not draining, else 503
+//!  POST /drain  ─► 202, and the relay drains as on SIGTERM (503 before the relay serves)
 //! ```
+//!
+//! `/drain` changes state, so it is only as private as the admin address: loopback unless
+//! configured otherwise (docs/metrics.md).
 //!
 //! Stopping does not poll: the thread waits in `poll(2)` on the listener and on one end of a
 //! socket pair whose other end [`AdminServer`] holds; dropping that end wakes it.
@@ -25,7 +30,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -52,6 +57,27 @@ const ACCEPT_RETRY_MS: u16 = 100;
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 const ALLOWED_METHODS: &str = "GET, HEAD";
+const DRAIN_ALLOWED_METHODS: &str = "POST";
+
+/// What `POST /drain` calls to start the drain (the same as SIGTERM does). Every `POST
+/// /drain` calls it, so it must be harmless to repeat.
+pub struct DrainTrigger(Box<dyn Fn() + Send + Sync>);
+
+impl DrainTrigger {
+    /// A trigger that calls `start_drain`.
+    pub fn new(start_drain: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Box::new(start_drain))
+    }
+}
+
+impl std::fmt::Debug for DrainTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DrainTrigger")
+    }
+}
+
+/// The drain trigger, set once the relay serves; until then `POST /drain` answers 503.
+type DrainSlot = Arc<OnceLock<DrainTrigger>>;
 
 /// Bounds on each admin connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +133,8 @@ impl AdminLimits {
 
 /// The running admin endpoint. Serves GET /metrics (text/plain; version=0.0.4), /health (200
 /// "ok" while the process runs), /ready (200 when ready and not draining, else 503) on its own
-/// std thread; HEAD like GET without a body. Bad requests get 400, unknown paths 404, other
+/// std thread; HEAD like GET without a body. POST /drain starts the drain through the trigger
+/// given to [`AdminServer::set_drain`] (202). Bad requests get 400, unknown paths 404, other
 /// methods 405.
 ///
 /// Dropping it without [`AdminServer::stop`] also ends the thread, without waiting for it.
@@ -117,6 +144,7 @@ pub struct AdminServer {
     /// Dropping this end of the socket pair wakes the server thread to exit.
     stop: UnixStream,
     thread: JoinHandle<()>,
+    drain: DrainSlot,
 }
 
 impl AdminServer {
@@ -140,14 +168,26 @@ impl AdminServer {
         // not leave the thread blocked in accept, deaf to stop.
         listener.set_nonblocking(true)?;
         let (stop, stop_wake) = UnixStream::pair()?;
+        let drain = DrainSlot::default();
+        let shared = Shared {
+            registry,
+            drain: Arc::clone(&drain),
+        };
         let thread = thread::Builder::new()
             .name("hark-admin".into())
-            .spawn(move || serve(listener, stop_wake, &registry, limits))?;
+            .spawn(move || serve(listener, stop_wake, &shared, limits))?;
         Ok(Self {
             local_addr,
             stop,
             thread,
+            drain,
         })
+    }
+
+    /// Arms `POST /drain`: from now on it calls `trigger` (the relay's drain, once it
+    /// serves). Only the first trigger is kept; returns false when one was set already.
+    pub fn set_drain(&self, trigger: DrainTrigger) -> bool {
+        self.drain.set(trigger).is_ok()
     }
 
     /// The address the endpoint listens on (the real port when bound to port 0).
@@ -166,6 +206,12 @@ impl AdminServer {
     }
 }
 
+/// What the server thread reads or calls.
+struct Shared {
+    registry: Arc<Registry>,
+    drain: DrainSlot,
+}
+
 /// What woke the server thread.
 enum Wake {
     Stop,
@@ -181,7 +227,7 @@ struct Buffers {
     response: Vec<u8>,
 }
 
-fn serve(listener: TcpListener, stop_wake: UnixStream, registry: &Registry, limits: AdminLimits) {
+fn serve(listener: TcpListener, stop_wake: UnixStream, shared: &Shared, limits: AdminLimits) {
     let mut buffers = Buffers::default();
     loop {
         match wait(Some(listener.as_raw_fd()), stop_wake.as_raw_fd(), -1) {
@@ -195,7 +241,7 @@ fn serve(listener: TcpListener, stop_wake: UnixStream, registry: &Registry, limi
             }
         }
         match listener.accept() {
-            Ok((stream, _peer)) => serve_connection(stream, registry, &limits, &mut buffers),
+            Ok((stream, _peer)) => serve_connection(stream, shared, &limits, &mut buffers),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -253,7 +299,7 @@ fn wait(listener: Option<RawFd>, stop: RawFd, timeout_ms: i32) -> io::Result<Wak
 /// client is gone or too slow, and the port moves on.
 fn serve_connection(
     mut stream: TcpStream,
-    registry: &Registry,
+    shared: &Shared,
     limits: &AdminLimits,
     buffers: &mut Buffers,
 ) {
@@ -275,7 +321,7 @@ fn serve_connection(
     ) {
         Ok(head_len) => match http::parse_head(&head[..head_len]) {
             Ok(request) => (
-                route(request.method, request.path, registry, body),
+                route(request.method, request.path, shared, body),
                 request.method,
                 head_len == head.len(),
             ),
@@ -323,15 +369,19 @@ fn serve_connection(
 }
 
 /// The answer to a well-formed request. `/metrics` renders into `body`.
-fn route<'a>(method: Method, path: &str, registry: &Registry, body: &'a mut String) -> Reply<'a> {
+fn route<'a>(method: Method, path: &str, shared: &Shared, body: &'a mut String) -> Reply<'a> {
+    if path == "/drain" {
+        return drain(method, shared);
+    }
     if !matches!(path, "/metrics" | "/health" | "/ready") {
         return error(
             Status::NotFound,
-            "no such path; try /metrics, /health or /ready",
+            "no such path; try /metrics, /health, /ready or POST /drain",
             body,
         );
     }
-    if method == Method::Other {
+    let registry = &shared.registry;
+    if !matches!(method, Method::Get | Method::Head) {
         return Reply {
             status: Status::MethodNotAllowed,
             content_type: TEXT_CONTENT_TYPE,
@@ -357,6 +407,37 @@ fn route<'a>(method: Method, path: &str, registry: &Registry, body: &'a mut Stri
         content_type,
         allow: None,
         body: text,
+    }
+}
+
+/// `/drain`: a POST starts the drain (again: harmless) and says whether it had started
+/// already; other methods are refused.
+fn drain(method: Method, shared: &Shared) -> Reply<'static> {
+    let text = |status, body| Reply {
+        status,
+        content_type: TEXT_CONTENT_TYPE,
+        allow: None,
+        body,
+    };
+    if method != Method::Post {
+        return Reply {
+            allow: Some(DRAIN_ALLOWED_METHODS),
+            ..text(Status::MethodNotAllowed, "only POST starts a drain\n")
+        };
+    }
+    let Some(trigger) = shared.drain.get() else {
+        return text(
+            Status::ServiceUnavailable,
+            "the relay is still starting; nothing to drain yet\n",
+        );
+    };
+    let already = shared.registry.is_draining();
+    shared.registry.set_draining(true);
+    (trigger.0)();
+    if already {
+        text(Status::Accepted, "draining already\n")
+    } else {
+        text(Status::Accepted, "draining started\n")
     }
 }
 

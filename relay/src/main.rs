@@ -9,17 +9,18 @@
 //!
 //! (a cluster host adds ` cluster=IP:PORT`, its bound cluster address)
 //!
-//! and drains on SIGTERM or SIGINT (exit 0), or exits 1 when a shard fails.
+//! and drains on SIGTERM, SIGINT or `POST /drain` on the admin endpoint (exit 0), or exits 1
+//! when a shard fails.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use hark_core::ShardId;
-use hark_relay::admin::AdminServer;
+use hark_relay::admin::{AdminServer, DrainTrigger};
 use hark_relay::config::{ConfigError, RelayConfig};
 use hark_relay::metrics::Registry;
-use hark_relay::runtime::{Relay, RuntimeCluster, RuntimeConfig};
+use hark_relay::runtime::{DrainHandle, Relay, RuntimeCluster, RuntimeConfig};
 use hark_relay::secret::{SecretSource, load_keyring};
 use hark_relay::signals;
 
@@ -105,12 +106,15 @@ fn run(config: &RelayConfig) -> Result<ExitCode, String> {
     let signal_registry = Arc::clone(&registry);
     signals::watch_termination(move |signal| {
         tracing::info!(signal, "draining");
-        signal_registry.set_draining(true);
-        if let Ok(mut drain) = signal_drain.lock() {
-            drain.drain();
-        }
+        start_drain(&signal_registry, &signal_drain);
     })
     .map_err(|e| format!("cannot watch for SIGTERM/SIGINT: {e}"))?;
+    let admin_drain = Arc::clone(&drain);
+    let admin_registry = Arc::clone(&registry);
+    admin.set_drain(DrainTrigger::new(move || {
+        tracing::info!("draining: asked on the admin endpoint");
+        start_drain(&admin_registry, &admin_drain);
+    }));
     registry.set_ready(true);
     tracing::info!(
         client = %relay.client_addr(),
@@ -145,10 +149,7 @@ fn run(config: &RelayConfig) -> Result<ExitCode, String> {
             Some((shard, Some(reason))) => {
                 tracing::error!(shard, %reason, "shard failed; draining the others");
                 code = ExitCode::from(1);
-                registry.set_draining(true);
-                if let Ok(mut drain) = drain.lock() {
-                    drain.drain();
-                }
+                start_drain(&registry, &drain);
                 running -= 1;
             }
             None => break,
@@ -157,4 +158,14 @@ fn run(config: &RelayConfig) -> Result<ExitCode, String> {
     relay.join();
     admin.stop();
     Ok(code)
+}
+
+/// Starts the drain (SIGTERM, SIGINT, `POST /drain` or a failed shard); harmless to repeat.
+fn start_drain(registry: &Registry, drain: &Mutex<DrainHandle>) {
+    registry.set_draining(true);
+    // A poisoned lock means another drain call panicked mid-way; the handle is still usable.
+    let mut drain = drain
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    drain.drain();
 }

@@ -1,25 +1,29 @@
 //! A cluster of three `hark-relay` processes on 127.0.0.1, 127.0.0.2 and 127.0.0.3: talk
 //! through one host and listen through the others, to conversations owned by each host in
 //! turn, checked frame by frame; a conversation's frames cross to a host once, whatever its
-//! number of listeners there; kill -9 of the owner moves its conversations.
+//! number of listeners there; kill -9 of the owner moves its conversations; `hark drain` of a
+//! host sends its clients to a live host and moves its conversations.
 
 mod support;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hark_core::map::{HostSpec, Membership};
-use hark_core::protocol::{ErrorCode, ListenFrom, MessageOutcome};
+use hark_core::protocol::{ErrorCode, Event, ListenFrom, MessageOutcome};
 use hark_core::{ConvName, HostId, MsgId};
+use hark_tools::cli::run;
 use hark_tools::client::Client;
 use tempfile::TempDir;
 
 use support::heard::Heard;
-use support::process::{RelayOptions, RelayProcess};
+use support::process::{RelayOptions, RelayProcess, exited_cleanly};
 use support::talk::{payloads, read_talk_until_error, send_frames, start_message, talk_message};
 use support::{FAST_TALK, QUICK_COMMITS, WAIT, admin};
 
@@ -341,4 +345,96 @@ fn kill_9_of_the_owner_moves_its_conversations_and_listeners_elsewhere_hear_the_
         Some(MessageOutcome::Truncated),
         "the message cut by the dead owner ends for its listeners"
     );
+}
+
+/// Reads `client`'s events until a `go_away`; its reconnect address.
+fn read_go_away(relay: &RelayProcess, client: &mut Client) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match client.next_event(remaining) {
+            Ok(Event::GoAway { reconnect_to, .. }) => return reconnect_to,
+            Ok(_) => {}
+            Err(error) => relay.fail(&format!("no go_away before {error}")),
+        }
+    }
+}
+
+#[test]
+fn hark_drain_of_a_host_sends_its_clients_to_a_live_host_and_its_conversations_move() {
+    let mut cluster = Cluster::start();
+    let conversation = owned_by("drained", 3, &[1, 2, 3]);
+    let mut listener = cluster.session(2, "listener");
+    let mut heard = Heard::new();
+    listen_live(&mut listener, &mut heard, 1, &conversation);
+    let mut bystander = cluster.session(3, "bystander");
+
+    let admin = cluster.host(3).admin_addr().to_string();
+    let command: Vec<OsString> = ["hark", "drain", "--admin", &admin, "--wait"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let mut out = Vec::new();
+    if let Err(error) = run(command, &AtomicBool::new(false), &mut out) {
+        cluster.host(3).fail(&format!("hark drain failed: {error}"));
+    }
+    let printed = String::from_utf8_lossy(&out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert_eq!(lines[0], format!("relay at {admin}: draining started"));
+    assert!(
+        lines[1].starts_with(&format!("relay at {admin}: exited ")),
+        "{printed}"
+    );
+    let status = cluster.hosts[2].wait_exit();
+    assert!(exited_cleanly(status), "host 3 exited {status:?}");
+    cluster.wait_converged(&[1, 2]);
+
+    let reconnect_to = read_go_away(cluster.host(3), &mut bystander);
+    let live: Vec<String> = [1, 2]
+        .iter()
+        .map(|h| cluster.host(*h).addr().to_string())
+        .collect();
+    let next = live
+        .iter()
+        .position(|addr| *addr == reconnect_to)
+        .unwrap_or_else(|| panic!("go_away named {reconnect_to:?}, not a live host of {live:?}"));
+
+    // The client goes where it was told, and talks to the conversation host 3 owned.
+    let mut talker = cluster.session(next as u16 + 1, "bystander");
+    let sent = payloads(3, 40);
+    let msg = talk_message(&mut talker, 1, &conversation, &sent);
+    let new_owner = map_of(&[1, 2]).owner(conversation.id()).expect("an owner");
+    assert_eq!(msg.shard(), new_owner, "the fallback shard stores it");
+    assert_heard(
+        &mut listener,
+        &mut heard,
+        1,
+        msg,
+        &sent,
+        "the listener on host 2 hears the conversation's new owner",
+    );
+}
+
+#[test]
+fn hark_drain_of_a_dead_admin_address_fails_with_one_line() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback");
+        listener.local_addr().expect("a bound address").to_string()
+    };
+    let command: Vec<OsString> = ["hark", "drain", "--admin", &dead, "--wait"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let mut out = Vec::new();
+    let error = run(command, &AtomicBool::new(false), &mut out)
+        .expect_err("nothing to drain at a closed port");
+    let line = error.to_string();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.starts_with(&format!("admin endpoint {dead}: cannot connect")),
+        "{line}"
+    );
+    assert_ne!(error.exit_code(), 0);
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
 }

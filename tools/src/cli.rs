@@ -6,6 +6,7 @@
 //! follows a relay restarted on another port.
 
 pub mod conn;
+pub mod drain;
 mod error;
 pub mod history;
 pub mod listen;
@@ -138,6 +139,18 @@ enum Command {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Drain a running relay (as SIGTERM does) through its admin endpoint's POST /drain.
+    Drain {
+        /// The relay's admin address host:port (its `admin=` in the listening line).
+        #[arg(long)]
+        admin: String,
+        /// Then wait until the relay has exited (its admin port refuses connections).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds --wait waits before giving up with an error.
+        #[arg(long, default_value_t = drain::DRAIN_WAIT_TIMEOUT_DEFAULT_S)]
+        timeout: u64,
     },
     /// Check or list a body store offline (a shard store dir or a data dir).
     Store {
@@ -318,6 +331,18 @@ pub fn run(args: Vec<OsString>, stop: &AtomicBool, out: &mut dyn Write) -> Resul
             ring::run(&args, out).map(drop)
         }
         Command::Status { admin, json } => status::run(&admin, json, out).map(drop),
+        Command::Drain {
+            admin,
+            wait,
+            timeout,
+        } => {
+            let args = drain::DrainArgs {
+                admin,
+                wait,
+                timeout: Duration::from_secs(timeout),
+            };
+            drain::run(&args, out).map(drop)
+        }
         Command::Store { command } => match command {
             StoreCommand::Verify { dir } => store::run_verify(&dir, out).map(drop),
             StoreCommand::Dump { dir, conv, msg } => {

@@ -454,27 +454,42 @@ impl<S: BodyStore> Shard<S> {
         &self.cluster
     }
 
-    /// Starts draining: every session gets `go_away`, new talk streams and subscriptions are
-    /// refused (`shutting_down`), open messages end truncated, and connections close after
-    /// `shutdown_linger_ms`.
+    /// Starts draining: every session gets `go_away` (naming no address: any host will do),
+    /// new talk streams and subscriptions are refused (`shutting_down`), open messages end
+    /// truncated, and connections close after `shutdown_linger_ms`. A single host drains
+    /// this way; a cluster host uses [`Shard::begin_shutdown_with`].
     pub fn begin_shutdown(&mut self, now_us: u64) {
+        self.begin_shutdown_with(now_us, &[]);
+    }
+
+    /// [`Shard::begin_shutdown`] for a host whose clients can go on elsewhere: each session's
+    /// `go_away` names one of `reconnect_to` (`host:port` client addresses of the hosts still
+    /// live), dealt round-robin over the sessions in connection order so the clients spread
+    /// over them. Addresses longer than the protocol allows are skipped; with none left the
+    /// `go_away` names no address. Only the first call counts.
+    pub fn begin_shutdown_with(&mut self, now_us: u64, reconnect_to: &[String]) {
         self.now_us = now_us;
         if self.shutdown_close_at_us.is_some() {
             return;
         }
         self.shutdown_close_at_us =
             Some(now_us.saturating_add(self.config.shutdown_linger_ms * 1000));
+        let mut addresses = reconnect_to
+            .iter()
+            .filter(|addr| addr.len() <= crate::protocol::ADDRESS_LEN_MAX)
+            .cycle();
         let conns: Vec<ConnId> = self.conn_ids().collect();
         for conn in conns {
             if self
                 .session(conn)
                 .is_some_and(|s| s.phase == SessionPhase::Open && s.remote.is_none())
             {
+                let reconnect_to = addresses.next().cloned().unwrap_or_default();
                 self.send_event(
                     conn,
                     &Event::GoAway {
                         reason: GoAwayReason::DRAINING,
-                        reconnect_to: String::new(),
+                        reconnect_to,
                     },
                 );
             }

@@ -19,6 +19,8 @@ const READ_CHUNK_BYTES: usize = 1024;
 pub(super) enum Method {
     Get,
     Head,
+    /// Only `/drain` takes it.
+    Post,
     /// A syntactically valid method the port does not serve (405).
     Other,
 }
@@ -54,6 +56,7 @@ pub(super) struct BadRequest(pub &'static str);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Status {
     Ok,
+    Accepted,
     BadRequest,
     NotFound,
     MethodNotAllowed,
@@ -66,6 +69,7 @@ impl Status {
     pub fn code(self) -> u16 {
         match self {
             Status::Ok => 200,
+            Status::Accepted => 202,
             Status::BadRequest => 400,
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
@@ -78,6 +82,7 @@ impl Status {
     fn reason(self) -> &'static str {
         match self {
             Status::Ok => "OK",
+            Status::Accepted => "Accepted",
             Status::BadRequest => "Bad Request",
             Status::NotFound => "Not Found",
             Status::MethodNotAllowed => "Method Not Allowed",
@@ -188,6 +193,7 @@ fn parse_request_line(line: &[u8]) -> Result<Request<'_>, BadRequest> {
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
+        "POST" => Method::Post,
         _ => Method::Other,
     };
     let path_end = target.find(['?', '#']).unwrap_or(target.len());
@@ -336,8 +342,10 @@ mod tests {
         );
         let head = parse_head(b"HEAD /ready HTTP/1.0\n\n").unwrap();
         assert_eq!(head.method, Method::Head);
-        let post = parse_head(b"POST /health HTTP/1.1\r\n\r\n").unwrap();
-        assert_eq!(post.method, Method::Other);
+        let post = parse_head(b"POST /drain HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(post.method, Method::Post);
+        let delete = parse_head(b"DELETE /health HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(delete.method, Method::Other);
     }
 
     #[test]

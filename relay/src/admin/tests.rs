@@ -152,7 +152,10 @@ fn unknown_paths_and_methods_are_refused() {
     let addr = server.local_addr();
     assert_eq!(get(addr, "/").status, 404);
     assert_eq!(get(addr, "/metricsx").status, 404);
-    let post = exchange(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    let post = exchange(
+        addr,
+        b"PATCH /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(post.status, 405);
     assert_eq!(post.header("Allow"), Some("GET, HEAD"));
     assert_eq!(
@@ -339,4 +342,106 @@ fn lingering_discards_at_most_its_bound() {
     assert_eq!(discarded, http::LINGER_BYTES_MAX);
     drop(stream);
     writer.join().unwrap();
+}
+
+fn post_drain(addr: SocketAddr) -> Answer {
+    exchange(
+        addr,
+        b"POST /drain HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n",
+    )
+}
+
+/// Arms `/drain` with a trigger that counts its calls.
+fn arm_drain(server: &AdminServer) -> Arc<std::sync::atomic::AtomicUsize> {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    assert!(server.set_drain(DrainTrigger::new(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    })));
+    calls
+}
+
+#[test]
+fn post_drain_starts_the_drain_and_a_second_post_is_harmless() {
+    let (server, registry) = start(AdminLimits::default());
+    registry.set_ready(true);
+    let calls = arm_drain(&server);
+    let addr = server.local_addr();
+
+    let first = post_drain(addr);
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (202, "draining started\n")
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(registry.is_draining());
+    assert_eq!(get(addr, "/ready").body, "draining\n");
+
+    let second = post_drain(addr);
+    assert_eq!(
+        (second.status, second.body.as_str()),
+        (202, "draining already\n")
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The port still serves while the relay drains.
+    assert_eq!(get(addr, "/health").status, 200);
+    server.stop();
+}
+
+#[test]
+fn drain_takes_only_post() {
+    let (server, _registry) = start(AdminLimits::default());
+    let calls = arm_drain(&server);
+    let addr = server.local_addr();
+    for request in [
+        &b"GET /drain HTTP/1.1\r\n\r\n"[..],
+        b"HEAD /drain HTTP/1.1\r\n\r\n",
+        b"PUT /drain HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"DELETE /drain HTTP/1.0\r\n\r\n",
+    ] {
+        let answer = exchange(addr, request);
+        let what = String::from_utf8_lossy(request);
+        assert_eq!(answer.status, 405, "{what}");
+        assert_eq!(answer.header("Allow"), Some("POST"), "{what}");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // POST elsewhere starts nothing either.
+    let post = exchange(addr, b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("Allow"), Some("GET, HEAD"));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    server.stop();
+}
+
+#[test]
+fn drain_before_the_relay_serves_is_unavailable_and_the_trigger_is_set_once() {
+    let (server, registry) = start(AdminLimits::default());
+    let addr = server.local_addr();
+    let early = post_drain(addr);
+    assert_eq!(early.status, 503);
+    assert!(!registry.is_draining(), "nothing was drained");
+    let calls = arm_drain(&server);
+    assert!(
+        !server.set_drain(DrainTrigger::new(|| {})),
+        "the first trigger stays"
+    );
+    assert_eq!(post_drain(addr).status, 202);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    server.stop();
+}
+
+#[test]
+fn a_drain_request_with_a_body_is_answered_in_full() {
+    let (server, _registry) = start(AdminLimits::default());
+    let calls = arm_drain(&server);
+    let answer = exchange(
+        server.local_addr(),
+        b"POST /drain HTTP/1.1\r\nContent-Length: 5\r\n\r\nnow!\n",
+    );
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (202, "draining started\n")
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    server.stop();
 }

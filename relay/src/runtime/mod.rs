@@ -399,6 +399,7 @@ impl Relay {
         Ok(DrainHandle {
             controls,
             membership: self.membership.clone(),
+            started: false,
         })
     }
 
@@ -437,11 +438,18 @@ impl Relay {
 pub struct DrainHandle {
     controls: Vec<StdUnixStream>,
     membership: Option<Arc<crate::cluster::Membership>>,
+    /// The drain was signalled: later calls do nothing, so repeated requests (signals,
+    /// `POST /drain`) cannot fill control sockets the shards no longer read.
+    started: bool,
 }
 
 impl DrainHandle {
-    /// Tells every shard to drain (a cluster host first leaves the map). Harmless to repeat.
+    /// Tells every shard to drain (a cluster host first leaves the map). Only the first call
+    /// acts; later ones are harmless no-ops.
     pub fn drain(&mut self) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
         if let Some(membership) = &self.membership {
             membership.leave();
         }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use hark_core::HostId;
+use hark_core::cluster::ClusterMap;
 use hark_core::shard::Opened;
 use hark_storage::Committer;
 use monoio::io::AsyncReadRent;
@@ -270,7 +272,8 @@ pub(crate) async fn commit_loop(ctx: SharedCtx, mut committer: Committer) {
 }
 
 /// Waits on the control socket: `m` says a new cluster map is on the board, `d` (or the
-/// other end closing) starts the drain: no more accepting, `begin_shutdown` in the shard logic.
+/// other end closing) starts the drain: no more accepting, `begin_shutdown` in the shard logic
+/// (on a cluster host naming the other live hosts, see [`reconnect_addresses`]).
 pub(crate) async fn control_loop(
     ctx: SharedCtx,
     mut control: UnixStream,
@@ -301,9 +304,28 @@ pub(crate) async fn control_loop(
         libc::shutdown(listener_fd, libc::SHUT_RD);
     }
     c.input_us = now;
-    c.shard.begin_shutdown(now);
+    match &board {
+        Some(board) => {
+            let me = c.shard_ids[c.me].host;
+            let live = reconnect_addresses(&board.latest(), me);
+            c.shard.begin_shutdown_with(now, &live);
+        }
+        None => c.shard.begin_shutdown(now),
+    }
     c.dispatch();
     c.after_input();
+}
+
+/// The client addresses of the hosts in `map` other than `me`, in host id order: where a
+/// draining cluster host sends its clients. The map is the one on the board when the drain
+/// starts, with or without this host depending on whether the membership thread has left
+/// already; either way the others are the hosts live as this host leaves.
+pub(crate) fn reconnect_addresses(map: &ClusterMap, me: HostId) -> Vec<String> {
+    map.hosts()
+        .iter()
+        .filter(|(host, _)| **host != me)
+        .map(|(_, card)| card.client_addr().to_string())
+        .collect()
 }
 
 /// Hands the board's newest cluster map to the shard logic and the peer links.

@@ -273,6 +273,22 @@ impl RelayProcess {
         self.signal_and_reap(libc::SIGTERM)
     }
 
+    /// Waits (at most [`EXIT_WAIT`]) for a relay told to exit some other way (e.g. `POST
+    /// /drain`) and reaps it.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let Some(running) = self.running.as_ref() else {
+            panic!("the relay is not running");
+        };
+        let waited = lock(&running.exited).recv_timeout(EXIT_WAIT);
+        if let Err(RecvTimeoutError::Timeout) = waited {
+            let status = self.stop_after_failure();
+            self.fail(&format!(
+                "hark-relay did not exit within {EXIT_WAIT:?} (killed: {status:?})"
+            ));
+        }
+        self.reap()
+    }
+
     /// Sends SIGKILL (a crash: no shutdown, no last commit) and reaps the process.
     pub fn kill9(&mut self) -> ExitStatus {
         self.signal_and_reap(libc::SIGKILL)

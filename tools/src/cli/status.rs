@@ -79,23 +79,71 @@ pub struct ClusterStatus {
     pub checksum: String,
 }
 
-/// `GET /metrics` from `addr`; the body.
-pub fn fetch_metrics(addr: &str) -> Result<String, CliError> {
-    let fail = |detail: String| CliError::Admin {
-        addr: addr.to_owned(),
-        detail,
-    };
+/// One answer of the admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminReply {
+    /// The status code.
+    pub code: u16,
+    /// The whole status line, for messages.
+    pub status_line: String,
+    /// The body (cut to its Content-Length when one was sent).
+    pub body: String,
+}
+
+/// Why an admin request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequestError {
+    /// Nothing listens at the address (connection refused): no relay runs there, or it has
+    /// exited. The text is the OS's.
+    Refused(String),
+    /// Anything else: a bad address, a timeout, a broken or oversized answer.
+    Failed(String),
+}
+
+impl AdminRequestError {
+    /// As the one-line [`CliError::Admin`] for `addr`.
+    pub fn at(self, addr: &str) -> CliError {
+        let detail = match self {
+            AdminRequestError::Refused(text) => format!("cannot connect: {text}"),
+            AdminRequestError::Failed(text) => text,
+        };
+        CliError::Admin {
+            addr: addr.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// Sends `METHOD path` (no body) to the admin endpoint at `addr` and reads the answer: at
+/// most [`STATUS_RESPONSE_BYTES_MAX`] bytes, each step within [`STATUS_TIMEOUT`].
+pub fn admin_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+) -> Result<AdminReply, AdminRequestError> {
+    let fail = AdminRequestError::Failed;
     let target = addr
         .to_socket_addrs()
         .map_err(|e| fail(format!("bad address: {e}")))?
         .next()
         .ok_or_else(|| fail("address resolves to nothing".into()))?;
-    let mut stream = TcpStream::connect_timeout(&target, STATUS_TIMEOUT)
-        .map_err(|e| fail(format!("cannot connect: {e}")))?;
+    let mut stream = TcpStream::connect_timeout(&target, STATUS_TIMEOUT).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            AdminRequestError::Refused(e.to_string())
+        } else {
+            fail(format!("cannot connect: {e}"))
+        }
+    })?;
     let io = |e: std::io::Error| fail(e.to_string());
     stream.set_read_timeout(Some(STATUS_TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(STATUS_TIMEOUT)).map_err(io)?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let length = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{length}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     stream
@@ -112,17 +160,12 @@ pub fn fetch_metrics(addr: &str) -> Result<String, CliError> {
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| fail("not an HTTP response (no end of head)".into()))?;
     let head = String::from_utf8_lossy(&raw[..split]);
-    let status_line = head.lines().next().unwrap_or("");
+    let status_line = head.lines().next().unwrap_or("").to_owned();
     let mut parts = status_line.split_whitespace();
-    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
-        return Err(fail(format!("bad status line {status_line:?}")));
+    let code = match (parts.next(), parts.next().map(str::parse::<u16>)) {
+        (Some(version), Some(Ok(code))) if version.starts_with("HTTP/1.") => code,
+        _ => return Err(fail(format!("bad status line {status_line:?}"))),
     };
-    if !version.starts_with("HTTP/1.") {
-        return Err(fail(format!("bad status line {status_line:?}")));
-    }
-    if code != "200" {
-        return Err(fail(format!("answered {status_line:?}")));
-    }
     let mut body = &raw[split + 4..];
     let length = head.lines().skip(1).find_map(|line| {
         let (name, value) = line.split_once(':')?;
@@ -135,7 +178,24 @@ pub fn fetch_metrics(addr: &str) -> Result<String, CliError> {
             .get(..length)
             .ok_or_else(|| fail(format!("body shorter than its Content-Length {length}")))?;
     }
-    String::from_utf8(body.to_vec()).map_err(|_| fail("body is not UTF-8".into()))
+    let body = String::from_utf8(body.to_vec()).map_err(|_| fail("body is not UTF-8".into()))?;
+    Ok(AdminReply {
+        code,
+        status_line,
+        body,
+    })
+}
+
+/// `GET /metrics` from `addr`; the body.
+pub fn fetch_metrics(addr: &str) -> Result<String, CliError> {
+    let reply = admin_request(addr, "GET", "/metrics").map_err(|e| e.at(addr))?;
+    if reply.code != 200 {
+        return Err(CliError::Admin {
+            addr: addr.to_owned(),
+            detail: format!("answered {:?}", reply.status_line),
+        });
+    }
+    Ok(reply.body)
 }
 
 /// Parses Prometheus text format 0.0.4 (comments skipped; escapes in label values kept as

@@ -322,3 +322,59 @@ fn shutdown_sends_go_away_truncates_and_refuses_new_work() {
     host.advance_ms(1_000);
     assert!(host.is_closed(listener) && host.is_closed(talker));
 }
+
+#[test]
+fn a_cluster_drain_deals_the_live_hosts_round_robin_in_go_aways() {
+    let mut host = Host::new(ShardConfig::default());
+    let clients: Vec<_> = (0..3).map(|_| host.client()).collect();
+    let too_long = format!("{}:1", "h".repeat(crate::protocol::ADDRESS_LEN_MAX));
+    let live = [
+        "10.0.0.1:7400".to_owned(),
+        too_long,
+        "10.0.0.2:7400".to_owned(),
+    ];
+    host.shards[0].begin_shutdown_with(host.now_us, &live);
+    // A second call changes nothing: the first one's go_aways stand.
+    host.shards[0].begin_shutdown_with(host.now_us, &["10.9.9.9:1".to_owned()]);
+    host.run();
+    let told: Vec<Vec<String>> = clients
+        .iter()
+        .map(|&c| {
+            host.events(c)
+                .iter()
+                .filter_map(|e| match e {
+                    Event::GoAway { reconnect_to, .. } => Some(reconnect_to.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        told,
+        vec![
+            vec!["10.0.0.1:7400".to_owned()],
+            vec!["10.0.0.2:7400".to_owned()],
+            vec!["10.0.0.1:7400".to_owned()],
+        ]
+    );
+}
+
+#[test]
+fn a_single_host_drain_names_no_address() {
+    let mut host = Host::new(ShardConfig::default());
+    let c = host.client();
+    host.shards[0].begin_shutdown(host.now_us);
+    host.run();
+    let told: Vec<&Event> = host
+        .events(c)
+        .iter()
+        .filter(|e| matches!(e, Event::GoAway { .. }))
+        .collect();
+    assert_eq!(
+        told,
+        vec![&Event::GoAway {
+            reason: crate::protocol::GoAwayReason::DRAINING,
+            reconnect_to: String::new(),
+        }]
+    );
+}
