@@ -21,7 +21,7 @@ pub(crate) struct Conversation {
     /// Newest message started here (for subscriptions that ask the store for later ones).
     pub newest_msg: Option<MsgId>,
     /// Set when another host owns the conversation and this shard mirrors it for its host's
-    /// listeners (see `mirror.rs`).
+    /// listeners (see `mirror/`).
     pub mirror: Option<ConvMirror>,
     /// Mirrored messages this shard cut short itself (a map change, a lost owner), newest
     /// last, at most [`CUT_REMEMBERED_MAX`]: an owner announcing one again later is not heard

@@ -18,6 +18,7 @@
 
 mod acks;
 mod auth;
+mod cluster_map;
 mod conversation;
 mod history;
 mod limits;
@@ -47,9 +48,11 @@ use crate::protocol::{
 };
 use crate::token::{ConvPrefix, Grant, Keyring, Right, Rights, Scope, Subject};
 
+use cluster_map::Parked;
 use conversation::{Conversation, Handles, LiveMessage, Slab};
 use session::{Session, SessionPhase};
 
+pub use cluster_map::{PARKED_REQUESTS_MAX, PARKED_WAIT_US};
 pub use limits::ShardConfig;
 pub use memory_store::{MEMORY_STORE_OPEN_MESSAGES_MAX, MemoryCursor, MemoryStore};
 pub use peer::{MapVersion, PeerMessage, RouteReleased, SessionHandoff};
@@ -58,22 +61,6 @@ pub use store::{
     Appended, BodyStore, DurableAck, EndState, MessageHeader, MessageState, ReplayStatus,
     StoreAcks, StoreFault, TimelineFrom,
 };
-
-/// Requests held at most while this shard catches up with a newer map (beyond: refused with
-/// `map_changed`).
-pub const PARKED_REQUESTS_MAX: usize = 4096;
-
-/// How long a request routed under a newer map waits for this shard to apply it, in µs.
-pub const PARKED_WAIT_US: u64 = 2_000_000;
-
-/// A request routed under a map newer than this shard's, held until the shard has it.
-#[derive(Debug)]
-struct Parked {
-    proxy: ConnId,
-    map: MapVersion,
-    request: Request,
-    until_us: u64,
-}
 
 /// Bits of a message stream handle below the shard's own prefix: a shard hands out at most
 /// 2^24 handles at once, and handles of different shards of a host never collide.
@@ -437,23 +424,6 @@ impl<S: BodyStore> Shard<S> {
         self.finish_input();
     }
 
-    /// The cluster's map changed (a host joined, left or died): routing follows it, and
-    /// mirrors of other hosts' conversations subscribe on their new owners. `cluster` must
-    /// hold this host's shards as given to [`Shard::new`] (or none of them while this host
-    /// drains).
-    pub fn set_cluster_map(&mut self, now_us: u64, cluster: Membership) {
-        self.now_us = now_us;
-        self.cluster = cluster;
-        self.retarget_mirrors();
-        self.release_parked();
-        self.finish_input();
-    }
-
-    /// The cluster map in force.
-    pub fn cluster_map(&self) -> &Membership {
-        &self.cluster
-    }
-
     /// Starts draining: every session gets `go_away` (naming no address: any host will do),
     /// new talk streams and subscriptions are refused (`shutting_down`), open messages end
     /// truncated, and connections close after `shutdown_linger_ms`. A single host drains
@@ -543,45 +513,6 @@ impl<S: BodyStore> Shard<S> {
             Request::Ping { nonce } => self.send_event(conn, &Event::Pong { nonce }),
             Request::Pong { .. } => {}
         }
-    }
-
-    /// The shard of the cluster that owns `conv`.
-    fn owner_of(&self, conv: ConvId) -> ShardId {
-        self.cluster.owner(conv).unwrap_or(self.shard)
-    }
-
-    /// The shard of this host where its listeners of `conv` meet when another host owns it
-    /// (the conversation's owner among this host's shards alone).
-    fn edge_of(&self, conv: ConvId) -> ShardId {
-        self.local_shards.owner(conv).unwrap_or(self.shard)
-    }
-
-    /// Why message `msg` cannot be served here: `owner_unavailable` when the host that
-    /// stored it is not in the cluster now (it is reachable again once that host is back),
-    /// else `message_unavailable` with `why`.
-    fn unavailable(&self, msg: MsgId, why: &str) -> (ErrorCode, String) {
-        let home = msg.shard();
-        let host_gone = home.host != self.shard.host
-            && !self
-                .cluster
-                .shards()
-                .iter()
-                .any(|s| s.shard.host == home.host);
-        if host_gone {
-            let text = format!(
-                "message {msg} is stored on host {}, which is not in the cluster now; it is \
-                 reachable again when that host is back",
-                home.host
-            );
-            (ErrorCode::OWNER_UNAVAILABLE, text)
-        } else {
-            (ErrorCode::MESSAGE_UNAVAILABLE, format!("the message {why}"))
-        }
-    }
-
-    /// Whether `shard` runs on this host.
-    fn is_local(&self, shard: ShardId) -> bool {
-        shard.host == self.shard.host
     }
 
     /// Work left over by an input: replay pumps, the next timer.

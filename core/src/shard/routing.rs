@@ -5,7 +5,7 @@
 use super::peer::{MapVersion, PeerMessage, RouteReleased, SessionHandoff};
 use super::session::{ConnId, Session, SessionPhase};
 use super::store::BodyStore;
-use super::{Action, Opened, PARKED_REQUESTS_MAX, PARKED_WAIT_US, Parked, Shard};
+use super::{Action, Opened, Shard};
 use crate::ids::ShardId;
 use crate::protocol::{ErrorCode, ErrorSubject, Event, Request};
 
@@ -343,56 +343,8 @@ impl<S: BodyStore> Shard<S> {
         });
     }
 
-    /// A routed request: served when the sender's map has this shard's checksum (the same
-    /// owners); held when the sender's map is newer (this shard has not applied it yet, and
-    /// will within moments), behind any request held before; refused otherwise.
-    fn route_or_park(&mut self, proxy: ConnId, map: MapVersion, request: Request) {
-        let mine = self.map_version();
-        if self.parked.is_empty() && map.checksum == mine.checksum {
-            return self.dispatch(proxy, request);
-        }
-        if map.epoch > mine.epoch && self.parked.len() < PARKED_REQUESTS_MAX {
-            let until_us = self.now_us.saturating_add(PARKED_WAIT_US);
-            self.parked.push_back(Parked {
-                proxy,
-                map,
-                request,
-                until_us,
-            });
-            return;
-        }
-        if map.checksum == mine.checksum {
-            return self.dispatch(proxy, request);
-        }
-        self.refuse_stale_map(proxy, &request);
-    }
-
-    /// Serves or refuses held requests, oldest first: those whose map this shard now has,
-    /// and (when `expire`) those held too long. Stops at the first that must wait on.
-    pub(super) fn release_parked(&mut self) {
-        let mine = self.map_version();
-        while let Some(parked) = self.parked.front() {
-            let ready = parked.map.checksum == mine.checksum;
-            let expired = parked.until_us <= self.now_us || parked.map.epoch <= mine.epoch;
-            if !ready && !expired {
-                return;
-            }
-            let Some(parked) = self.parked.pop_front() else {
-                return;
-            };
-            if self.session(parked.proxy).is_none() {
-                continue; // the proxy was detached meanwhile
-            }
-            if ready {
-                self.dispatch(parked.proxy, parked.request);
-            } else {
-                self.refuse_stale_map(parked.proxy, &parked.request);
-            }
-        }
-    }
-
     /// A request routed under another ownership map: refused, its route released.
-    fn refuse_stale_map(&mut self, proxy: ConnId, request: &Request) {
+    pub(super) fn refuse_stale_map(&mut self, proxy: ConnId, request: &Request) {
         let (about, route) = match request {
             Request::TalkStart { stream, .. } => (
                 ErrorSubject::TalkStream(*stream),

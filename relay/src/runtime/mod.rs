@@ -13,6 +13,7 @@
 //! ends live messages truncated, commits what is pending, closes its connections after the
 //! linger time and leaves its runtime once nothing is left.
 
+mod cluster_start;
 mod conn;
 mod ctx;
 mod link;
@@ -22,6 +23,7 @@ mod wake;
 #[cfg(test)]
 mod tests;
 
+pub use cluster_start::RuntimeCluster;
 pub use wake::{Wakeup, now_us, sleep_or_wake};
 
 use std::io::Write;
@@ -34,18 +36,16 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use hark_core::cluster::{ClusterConfig, ClusterNode, HostCard};
 use hark_core::map::{Membership, ShardWeight};
-use hark_core::shard::peer_wire::LinkKeys;
 use hark_core::shard::{Shard, ShardConfig};
-use hark_core::token::{KeyId, Keyring};
+use hark_core::token::Keyring;
 use hark_core::{HostId, ShardId};
 use hark_storage::{Committer, IoMode, Store, StoreConfig};
 
-use crate::cluster::MapBoard;
 use crate::mesh::{ShardLinks, mesh};
 use crate::metrics::Registry;
 use crate::store::{Archive, ShardStore};
+use cluster_start::{ClusterStart, ShardCluster};
 use ctx::{Ctx, MeshItem};
 
 /// io_uring submission queue entries per shard.
@@ -70,28 +70,6 @@ pub struct RuntimeConfig {
     pub mesh_lane_capacity: usize,
     /// How this host joins a cluster; `None` on a single host.
     pub cluster: Option<RuntimeCluster>,
-}
-
-/// A cluster host's membership settings (see `docs/cluster.md`).
-#[derive(Debug, Clone)]
-pub struct RuntimeCluster {
-    /// Cluster address: UDP gossip and TCP peer links (port 0 picks one).
-    pub listen: SocketAddr,
-    /// Other hosts' cluster addresses to join through.
-    pub seeds: Vec<SocketAddr>,
-    /// The client address handed to clients for this host; `None`: the bound client address.
-    pub advertise: Option<SocketAddr>,
-    /// Each shard's weight in the ownership map.
-    pub weight_per_core: u32,
-}
-
-/// What a shard thread of a cluster host gets.
-struct ShardCluster {
-    listener: StdTcpListener,
-    board: Arc<MapBoard>,
-    keys: LinkKeys,
-    key_id: KeyId,
-    generation: u64,
 }
 
 /// Why the relay could not start.
@@ -454,80 +432,6 @@ impl DrainHandle {
             membership.leave();
         }
         signal_drain(&mut self.controls);
-    }
-}
-
-/// A cluster host's start: its peer-link listeners, its gossip socket and node, and the map
-/// board the shards read.
-struct ClusterStart {
-    listeners: Vec<StdTcpListener>,
-    addr: SocketAddr,
-    socket: std::net::UdpSocket,
-    node: ClusterNode,
-    board: Arc<MapBoard>,
-    keys: LinkKeys,
-    key_id: KeyId,
-    generation: u64,
-}
-
-impl ClusterStart {
-    fn bind(
-        settings: &RuntimeCluster,
-        host: HostId,
-        client_addr: SocketAddr,
-        count: usize,
-        keyring: &Keyring,
-    ) -> Result<Self, StartError> {
-        let listeners = bind_listeners(settings.listen, count)?;
-        let addr = listeners[0]
-            .local_addr()
-            .map_err(io_error("read the cluster address"))?;
-        // Gossip uses the same port number over UDP.
-        let socket = std::net::UdpSocket::bind(addr)
-            .map_err(io_error(format!("bind the cluster address {addr} (UDP)")))?;
-        let generation = now_us();
-        let card = HostCard::new(
-            host,
-            generation,
-            addr,
-            settings.advertise.unwrap_or(client_addr),
-            count as u16,
-            settings.weight_per_core,
-        )
-        .map_err(|e| StartError::Map(e.to_string()))?;
-        // The join's nonces come from the node's generator: seed it unpredictably.
-        let mut seed = [0u8; 8];
-        getrandom::fill(&mut seed).map_err(|e| StartError::Io {
-            what: "seed the membership node".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let mut node = ClusterNode::new(card, ClusterConfig::default(), u64::from_le_bytes(seed))
-            .map_err(|e| StartError::Map(e.to_string()))?;
-        node.join(generation, &settings.seeds)
-            .map_err(|e| StartError::Map(e.to_string()))?;
-        let board = Arc::new(MapBoard::new(Arc::clone(node.map())));
-        Ok(Self {
-            listeners,
-            addr,
-            socket,
-            node,
-            board,
-            keys: LinkKeys::derive(keyring),
-            key_id: keyring.minting_key_id(),
-            generation,
-        })
-    }
-
-    /// The next shard's part (listeners are handed out in shard order).
-    fn shard_plan(&mut self) -> Option<ShardCluster> {
-        let listener = self.listeners.pop()?;
-        Some(ShardCluster {
-            listener,
-            board: Arc::clone(&self.board),
-            keys: self.keys.clone(),
-            key_id: self.key_id,
-            generation: self.generation,
-        })
     }
 }
 

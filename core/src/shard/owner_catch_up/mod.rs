@@ -1,6 +1,6 @@
 //! Listening from a message or a time to a conversation owned on another host.
 //!
-//! The edge shard holds only a *mirror* of such a conversation (`mirror.rs`): the messages in
+//! The edge shard holds only a *mirror* of such a conversation (`mirror/`): the messages in
 //! progress and those started since it subscribed, never its stored history. A listener that
 //! asks for history therefore catches up through a subscription of its own on the owner, over
 //! a *catch-up link* of its own (a virtual connection like the uplink, so the owner's flow

@@ -1,0 +1,182 @@
+//! Mirrors following the map: a mirror moves with its conversation's owner, becomes an
+//! ordinary conversation when this shard is the owner again, and a conversation this shard
+//! owned that moved to another host becomes a mirror; what is cut on the way is remembered so
+//! it is not heard twice.
+
+use super::super::Shard;
+use super::super::conversation::{CUT_REMEMBERED_MAX, MessagePhase, Talker};
+use super::super::session::ConnId;
+use super::super::store::{BodyStore, EndState};
+use crate::ids::{MsgId, ShardId};
+use crate::protocol::{ErrorCode, ErrorSubject};
+
+impl<S: BodyStore> Shard<S> {
+    /// After a map change or on a tick: every mirror follows its conversation's owner. A
+    /// mirror whose conversation this shard now owns becomes an ordinary conversation (its
+    /// messages in progress end here, cut: their frames are on the old owner).
+    pub(in crate::shard) fn retarget_mirrors(&mut self) {
+        self.mirrors.retry = false;
+        // A listener catching up through an owner that no longer owns the conversation
+        // listens again (and reaches the new owner).
+        let cluster = &self.cluster;
+        let shard = self.shard;
+        let moved: Vec<ConnId> = self
+            .mirrors
+            .catch_ups
+            .iter()
+            .filter(|(_, route)| cluster.owner(route.conv).unwrap_or(shard) != route.owner)
+            .map(|(link, _)| *link)
+            .collect();
+        for link in moved {
+            self.fail_owner_catch_up_on(
+                link,
+                ErrorCode::MAP_CHANGED,
+                "the conversation moved to another host; listen again from the last message \
+                 completed",
+            );
+        }
+        let mirrored: Vec<(u32, ShardId, Option<u32>, crate::ids::ConvId)> = self
+            .conversations
+            .iter()
+            .filter_map(|(slot, c)| c.mirror.as_ref().map(|m| (slot, m.owner, m.sub, c.id)))
+            .collect();
+        for (slot, owner, sub, conv) in mirrored {
+            let now_owner = self.owner_of(conv);
+            if now_owner == self.shard || self.is_local(now_owner) {
+                self.unsubscribe_mirror(slot);
+                for msg in self.mirrored_messages(slot, false) {
+                    if let Some(&m) = self.msg_by_id.get(&msg) {
+                        self.cut_mirrored(m);
+                    }
+                }
+                if let Some(c) = self.conversations.get_mut(slot) {
+                    c.mirror = None;
+                }
+                if now_owner != self.shard {
+                    self.end_listeners_moved(slot);
+                }
+                self.drop_conversation_if_idle(slot);
+            } else if now_owner != owner || sub.is_none() {
+                self.subscribe_mirror(slot, now_owner);
+            }
+        }
+        // A conversation this shard owned and still has listeners for, now owned elsewhere:
+        // on another host it becomes a mirror of the new owner (the listeners stay and hear
+        // on); on another shard of this host its listeners are told to listen again.
+        let moved: Vec<(u32, crate::ids::ConvId)> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.mirror.is_none() && !c.listeners.is_empty())
+            .map(|(slot, c)| (slot, c.id))
+            .filter(|(_, conv)| self.owner_of(*conv) != self.shard)
+            .collect();
+        for (slot, conv) in moved {
+            let now_owner = self.owner_of(conv);
+            if self.is_local(now_owner) {
+                self.end_listeners_moved(slot);
+                self.drop_conversation_if_idle(slot);
+                continue;
+            }
+            let name = self.conversations.get(slot).and_then(|c| {
+                let l = c.listeners.first()?;
+                let sub = self
+                    .session(l.conn)?
+                    .subs
+                    .get(usize::from(l.slot))?
+                    .as_ref()?;
+                Some(sub.conv_name.clone())
+            });
+            if let Some(name) = name {
+                self.ensure_mirror(slot, &name, now_owner);
+            }
+        }
+    }
+
+    /// The messages of a conversation that came from its owner (not talked here); with
+    /// `open_only`, those still taking frames.
+    pub(super) fn mirrored_messages(&self, conv_slot: u32, open_only: bool) -> Vec<MsgId> {
+        self.conversations
+            .get(conv_slot)
+            .map(|c| {
+                c.messages
+                    .iter()
+                    .filter_map(|s| self.messages.get(*s))
+                    .filter(|m| m.talker == Talker::Mirror)
+                    .filter(|m| !open_only || m.phase == MessagePhase::Open)
+                    .map(|m| m.msg)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Cuts a mirrored message here (its owner did not end it): listeners hear it end
+    /// truncated, and the conversation remembers not to hear it again.
+    pub(super) fn cut_mirrored(&mut self, slot: u32) {
+        if let Some(m) = self.messages.get(slot)
+            && m.phase == MessagePhase::Open
+        {
+            let (msg, conv_slot) = (m.msg, m.conv);
+            if let Some(conv) = self.conversations.get_mut(conv_slot) {
+                if conv.cut.len() >= CUT_REMEMBERED_MAX {
+                    conv.cut.pop_front();
+                }
+                conv.cut.push_back(msg);
+            }
+        }
+        self.end_mirrored(slot, EndState::Truncated);
+    }
+
+    /// The conversation's owner is now another shard of this host: its subscriptions here end
+    /// with an error that tells the client to listen again (it then reaches the owner).
+    fn end_listeners_moved(&mut self, conv_slot: u32) {
+        let listeners = self
+            .conversations
+            .get(conv_slot)
+            .map(|c| c.listeners.clone())
+            .unwrap_or_default();
+        for l in listeners {
+            let Some(sub) = self
+                .session(l.conn)
+                .and_then(|s| s.subs.get(usize::from(l.slot))?.as_ref())
+                .map(|s| s.sub)
+            else {
+                continue;
+            };
+            self.drop_subscription(l.conn, usize::from(l.slot));
+            self.send_error(
+                l.conn,
+                ErrorCode::MAP_CHANGED,
+                ErrorSubject::Sub(sub),
+                "the conversation moved to another shard; listen again",
+            );
+            self.release_route(l.conn, super::super::RouteReleased::Sub(sub), false);
+        }
+    }
+
+    /// A listener of a mirrored conversation fell so far behind that more messages started
+    /// than its backlog holds (`replay_page_messages`); the store here does not hold them, so
+    /// its subscription ends and the client listens again from the last message it completed
+    /// (which catches up through the owner).
+    pub(in crate::shard) fn fall_too_far_behind(
+        &mut self,
+        listener: super::super::conversation::ListenerRef,
+    ) {
+        let (conn, slot) = (listener.conn, usize::from(listener.slot));
+        let Some(sub) = self
+            .session(conn)
+            .and_then(|s| s.subs.get(slot)?.as_ref())
+            .map(|s| s.sub)
+        else {
+            return;
+        };
+        self.drop_subscription(conn, slot);
+        self.send_error(
+            conn,
+            ErrorCode::MAP_CHANGED,
+            ErrorSubject::Sub(sub),
+            "this listener fell too far behind another host's conversation; listen again from \
+             the last message completed",
+        );
+        self.release_route(conn, super::super::RouteReleased::Sub(sub), false);
+    }
+}
