@@ -42,6 +42,10 @@ pub(crate) struct ConvMirror {
     pub name: ConvName,
     /// The subscription id on the uplink; `None` while detached (retried on the next tick).
     pub sub: Option<u32>,
+    /// The owner said `caught_up` on the current subscription: every message starting from
+    /// now reaches this mirror. Until then this shard's listeners are not told `caught_up`
+    /// either, so "live" means the same on every host.
+    pub live: bool,
     /// Messages held from an earlier subscription that the current one has not announced
     /// again yet; those still missing when it catches up are cut here.
     pub orphans: Vec<MsgId>,

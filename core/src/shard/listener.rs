@@ -381,6 +381,22 @@ impl<S: BodyStore> Shard<S> {
             return true;
         }
         if !sub.live {
+            // A mirrored conversation is live here once its subscription on the owner is.
+            let conv_id = sub.conv_id;
+            let mirror_waiting = self
+                .conv_by_id
+                .get(&conv_id)
+                .and_then(|&c| self.conversations.get(c)?.mirror.as_ref())
+                .is_some_and(|m| !m.live);
+            if mirror_waiting {
+                return false; // pumped again when the owner says `caught_up`
+            }
+            let Some(sub) = self
+                .session_mut(conn)
+                .and_then(|s| s.subs.get_mut(slot)?.as_mut())
+            else {
+                return false;
+            };
             sub.live = true;
             let sub = sub.sub;
             self.send_event(conn, &Event::CaughtUp { sub });

@@ -89,6 +89,7 @@ impl<S: BodyStore> Shard<S> {
                         owner,
                         name: name.clone(),
                         sub: None,
+                        live: false,
                         orphans: Vec::new(),
                     });
                 }
@@ -115,6 +116,7 @@ impl<S: BodyStore> Shard<S> {
         };
         mirror.owner = owner;
         mirror.sub = Some(sub);
+        mirror.live = false;
         mirror.orphans = held;
         let conversation = mirror.name.clone();
         self.mirrors.subs.insert((owner, sub), conv_slot);
@@ -140,6 +142,7 @@ impl<S: BodyStore> Shard<S> {
             return;
         };
         let owner = mirror.owner;
+        mirror.live = false;
         let Some(sub) = mirror.sub.take() else {
             return;
         };
@@ -301,6 +304,7 @@ impl<S: BodyStore> Shard<S> {
                 .and_then(|c| c.mirror.as_mut())
             {
                 mirror.sub = None;
+                mirror.live = false;
                 self.mirrors.retry = true;
             }
         }
@@ -368,12 +372,17 @@ impl<S: BodyStore> Shard<S> {
                 let Some(&conv_slot) = self.mirrors.subs.get(&(owner, sub)) else {
                     return;
                 };
-                let orphans = self
-                    .conversations
-                    .get_mut(conv_slot)
-                    .and_then(|c| c.mirror.as_mut())
-                    .map(|m| std::mem::take(&mut m.orphans))
-                    .unwrap_or_default();
+                let Some(conv) = self.conversations.get_mut(conv_slot) else {
+                    return;
+                };
+                let Some(mirror) = conv.mirror.as_mut().filter(|m| m.sub == Some(sub)) else {
+                    return;
+                };
+                mirror.live = true;
+                let orphans = std::mem::take(&mut mirror.orphans);
+                // Listeners waiting for the mirror to be live are told `caught_up` now.
+                self.pump_queue
+                    .extend(conv.listeners.iter().map(|l| l.conn));
                 for msg in orphans {
                     if let Some(&slot) = self.msg_by_id.get(&msg) {
                         self.cut_mirrored(slot);
@@ -395,6 +404,7 @@ impl<S: BodyStore> Shard<S> {
                     && mirror.sub == Some(sub)
                 {
                     mirror.sub = None;
+                    mirror.live = false;
                     self.mirrors.retry = true;
                 }
             }

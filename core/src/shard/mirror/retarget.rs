@@ -51,6 +51,8 @@ impl<S: BodyStore> Shard<S> {
                 }
                 if let Some(c) = self.conversations.get_mut(slot) {
                     c.mirror = None;
+                    // Listeners waiting for the mirror to be live are live here now.
+                    self.pump_queue.extend(c.listeners.iter().map(|l| l.conn));
                 }
                 if now_owner != self.shard {
                     self.end_listeners_moved(slot);

@@ -131,6 +131,42 @@ fn a_conversations_frames_cross_to_each_host_once_not_once_per_listener() {
 }
 
 #[test]
+fn a_listener_on_another_host_is_told_caught_up_only_once_the_owner_has_its_subscription() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 2, 1);
+    let name = owned_by_host(&cluster, 1);
+    let listener = client_on_host(&mut cluster, 2, 0);
+    let talker = client_on_host(&mut cluster, 1, 0);
+    // The link to the owner is slow: the mirror's subscription has not reached it yet.
+    cluster.hold_cross_host = true;
+    cluster.listen(listener, 1, &name, ListenFrom::Live);
+    let caught_up = |cluster: &Host| {
+        cluster
+            .events(listener)
+            .iter()
+            .any(|e| matches!(e, Event::CaughtUp { sub: 1 }))
+    };
+    assert!(
+        cluster
+            .events(listener)
+            .iter()
+            .any(|e| matches!(e, Event::Listening { sub: 1 })),
+        "{:?}",
+        cluster.events(listener)
+    );
+    assert!(!caught_up(&cluster), "not live before the owner is");
+    // A message talked and ended before the subscription arrives is not the listener's.
+    talk_message(&mut cluster, talker, 1, &name, 3);
+    assert!(!caught_up(&cluster));
+    cluster.release_held();
+    assert!(caught_up(&cluster), "live once the owner said so");
+    assert!(heard(cluster.events(listener)).is_empty());
+    // From then on, every message that starts is heard whole.
+    talk_message(&mut cluster, talker, 2, &name, 5);
+    let msg = cluster.talk_started(talker, 2);
+    assert_heard_whole(&cluster, listener, msg, 5);
+}
+
+#[test]
 fn a_late_listener_on_another_host_hears_the_message_in_progress_from_its_first_frame() {
     let mut cluster = Host::cluster(ShardConfig::default(), 2, 2);
     let name = owned_by_host(&cluster, 1);

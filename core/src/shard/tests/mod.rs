@@ -70,6 +70,9 @@ pub(super) struct Host {
     pub peer_deliver_bytes: usize,
     /// Hosts whose shards no longer receive anything (killed).
     pub dead_hosts: Vec<HostId>,
+    /// While set, messages between hosts wait in `held` (a slow peer link).
+    pub hold_cross_host: bool,
+    held: Vec<(ShardId, ShardId, super::PeerMessage)>,
     next_client: u32,
 }
 
@@ -115,6 +118,8 @@ impl Host {
             wakes: Vec::new(),
             peer_deliver_bytes: 0,
             dead_hosts: Vec::new(),
+            hold_cross_host: false,
+            held: Vec::new(),
             next_client: 0,
         }
     }
@@ -353,6 +358,10 @@ impl Host {
                 if self.dead_hosts.contains(&to.host) || self.dead_hosts.contains(&from.host) {
                     return;
                 }
+                if from.host != to.host && self.hold_cross_host {
+                    self.held.push((from, to, msg));
+                    return;
+                }
                 if from.host != to.host
                     && let super::PeerMessage::Deliver { bytes, .. } = &msg
                 {
@@ -366,6 +375,20 @@ impl Host {
                 self.shards[target].handle_peer(self.now_us, from, msg);
             }
         }
+    }
+
+    /// Stops holding messages between hosts and delivers the held ones in order.
+    pub fn release_held(&mut self) {
+        self.hold_cross_host = false;
+        for (from, to, msg) in std::mem::take(&mut self.held) {
+            if let super::PeerMessage::Deliver { bytes, .. } = &msg {
+                self.peer_deliver_bytes += bytes.len();
+            }
+            let target = self.index_of(to);
+            self.shards[target].handle_peer(self.now_us, from, msg);
+            self.run();
+        }
+        self.run();
     }
 
     fn adopt(&mut self, client: Client, target: usize, state: SessionHandoff) {
