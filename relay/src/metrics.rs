@@ -71,6 +71,9 @@ pub struct ShardCounters {
     pub messages_started: u64,
     /// Counter: messages ended on this shard.
     pub messages_ended: u64,
+    /// Counter: messages a talker resumed on this shard after their owner died or drained
+    /// (handed over, see docs/cluster.md).
+    pub messages_handed_over: u64,
     /// Counter: group commits of the body store that became durable.
     pub commits: u64,
     /// Counter: group commits that failed.

@@ -23,14 +23,16 @@ pub(crate) struct Conversation {
     /// Set when another host owns the conversation and this shard mirrors it for its host's
     /// listeners (see `mirror/`).
     pub mirror: Option<ConvMirror>,
-    /// Mirrored messages this shard cut short itself (a map change, a lost owner), newest
-    /// last, at most [`CUT_REMEMBERED_MAX`]: an owner announcing one again later is not heard
-    /// twice (its listeners heard it end; they listen from it to hear the rest).
-    pub cut: VecDeque<MsgId>,
+    /// Mirrored messages that ended here (their owner ended them, or this shard cut them
+    /// short: a lost owner nobody took the message over from), newest last, at most
+    /// [`ENDED_REMEMBERED_MAX`]: an owner announcing one again later (a host that comes back
+    /// with a copy of a message another host took over) is not heard twice; its listeners
+    /// heard it end and listen from it to hear it again.
+    pub ended: VecDeque<MsgId>,
 }
 
-/// Mirrored messages cut here that a conversation remembers.
-pub(crate) const CUT_REMEMBERED_MAX: usize = 64;
+/// Mirrored messages ended here that a conversation remembers.
+pub(crate) const ENDED_REMEMBERED_MAX: usize = 64;
 
 /// The mirror of a conversation owned on another host: one subscription on the owner (over
 /// this shard's uplink to it) feeds every listener of this host.
@@ -59,7 +61,7 @@ impl Conversation {
             listeners: Vec::new(),
             newest_msg: None,
             mirror: None,
-            cut: VecDeque::new(),
+            ended: VecDeque::new(),
         }
     }
 

@@ -20,6 +20,7 @@ mod acks;
 mod auth;
 mod cluster_map;
 mod conversation;
+pub(crate) mod handover;
 mod history;
 mod limits;
 mod listener;
@@ -118,6 +119,9 @@ pub struct ShardTally {
     pub slow_listener_fallbacks: u64,
     /// Messages started on this shard.
     pub messages_started: u64,
+    /// Messages a talker resumed here after their owner died or drained (adopted under
+    /// their original id).
+    pub messages_handed_over: u64,
     /// Messages ended on this shard (complete or truncated).
     pub messages_ended: u64,
 }
@@ -409,6 +413,7 @@ impl<S: BodyStore> Shard<S> {
             self.send_event(conn, &Event::Ping { nonce: now_us });
         }
         self.expire_vanished_talkers();
+        self.expire_held_for_handover();
         if !self.parked.is_empty() {
             self.release_parked();
         }
@@ -551,7 +556,7 @@ impl<S: BodyStore> Shard<S> {
 
     /// Holds `message` in memory: in the message slab, by id, and in its conversation (whose
     /// newest message it may become). Returns its slot.
-    fn insert_live_message(&mut self, message: LiveMessage) -> u32 {
+    pub(super) fn insert_live_message(&mut self, message: LiveMessage) -> u32 {
         let (msg, conv_slot) = (message.msg, message.conv);
         let slot = self.messages.insert(message);
         self.msg_by_id.insert(msg, slot);
@@ -594,7 +599,7 @@ impl<S: BodyStore> Shard<S> {
         }
     }
 
-    fn allocate_handle(&mut self) -> u32 {
+    pub(super) fn allocate_handle(&mut self) -> u32 {
         self.handle_base | (self.handles.allocate() & ((1 << HANDLE_BITS) - 1))
     }
 

@@ -78,27 +78,17 @@ impl<S: BodyStore> Shard<S> {
             );
         };
         match resume {
-            Some(msg) => self.resume_talk(conn, stream, conv_slot, msg),
+            Some(msg) => self.resume_talk(conn, stream, conv_slot, msg, codec),
             None => self.start_message(conn, stream, conv_slot, codec),
         }
         self.drop_conversation_if_idle(conv_slot);
     }
 
     fn start_message(&mut self, conn: ConnId, stream: u32, conv_slot: u32, codec: Bytes) {
-        let Some(conv) = self.conversations.get(conv_slot) else {
+        let Some(conv_id) = self.conversations.get(conv_slot).map(|c| c.id) else {
             return;
         };
-        let conv_id = conv.id;
-        let open = conv
-            .messages
-            .iter()
-            .filter(|m| {
-                self.messages
-                    .get(**m)
-                    .is_some_and(|m| m.phase == MessagePhase::Open)
-            })
-            .count();
-        if open >= self.config.open_messages_per_conversation_max {
+        if self.open_message_count(conv_slot) >= self.config.open_messages_per_conversation_max {
             return self.refuse_talk(
                 conn,
                 stream,
@@ -135,14 +125,14 @@ impl<S: BodyStore> Shard<S> {
         self.announce_message(slot);
     }
 
-    fn resume_talk(&mut self, conn: ConnId, stream: u32, conv_slot: u32, msg: MsgId) {
+    fn resume_talk(&mut self, conn: ConnId, stream: u32, conv_slot: u32, msg: MsgId, codec: Bytes) {
         let slot = self.msg_by_id.get(&msg).copied();
         let resumable = slot.and_then(|slot| self.messages.get(slot).map(|m| (slot, m)));
-        let Some((slot, m)) =
-            resumable.filter(|(_, m)| m.conv == conv_slot && m.phase == MessagePhase::Open)
-        else {
-            let (code, text) = self.unavailable(msg, "is not open for a resume");
-            return self.refuse_talk(conn, stream, code, &text);
+        let Some((slot, m)) = resumable.filter(|(_, m)| {
+            m.conv == conv_slot && m.phase == MessagePhase::Open && m.talker != Talker::Mirror
+        }) else {
+            // Not open here: a message whose owner died or drained is taken over.
+            return self.adopt_message(conn, stream, conv_slot, msg, codec);
         };
         let next_seq = m.accepted;
         if let Talker::Local {
@@ -173,7 +163,7 @@ impl<S: BodyStore> Shard<S> {
         );
     }
 
-    fn attach_talk(&mut self, conn: ConnId, stream: u32, slot: u32) {
+    pub(super) fn attach_talk(&mut self, conn: ConnId, stream: u32, slot: u32) {
         let rate = FrameRate::new(&self.config, self.now_us);
         if let Some(session) = self.session_mut(conn) {
             session.refused.retain(|h| *h != stream);
@@ -187,7 +177,7 @@ impl<S: BodyStore> Shard<S> {
         }
     }
 
-    fn refuse_talk(&mut self, conn: ConnId, stream: u32, code: ErrorCode, text: &str) {
+    pub(super) fn refuse_talk(&mut self, conn: ConnId, stream: u32, code: ErrorCode, text: &str) {
         self.send_error(conn, code, ErrorSubject::TalkStream(stream), text);
         self.remember_refused(conn, stream);
     }

@@ -147,6 +147,12 @@ const COUNTER_FAMILIES: &[CounterFamily] = &[
         value: |c| c.messages_started,
     },
     CounterFamily {
+        name: "hark_messages_handed_over_total",
+        kind: Kind::Counter,
+        help: "Messages taken over on the shard after their owner died or drained.",
+        value: |c| c.messages_handed_over,
+    },
+    CounterFamily {
         name: "hark_messages_ended_total",
         kind: Kind::Counter,
         help: "Messages ended on the shard.",

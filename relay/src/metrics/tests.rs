@@ -134,6 +134,7 @@ fn published_values_render_under_their_names() {
         peer_link_bytes_in: 21,
         peer_link_failures: 22,
         map_epoch: 23,
+        messages_handed_over: 27,
     };
     stats.record_relay_latency_us(40);
     stats.record_relay_latency_us(60);
@@ -178,6 +179,7 @@ fn published_values_render_under_their_names() {
         ("hark_peer_link_received_bytes_total", 21),
         ("hark_peer_link_failures_total", 22),
         ("hark_shard_map_epoch", 23),
+        ("hark_messages_handed_over_total", 27),
     ];
     for (name, value) in expected {
         assert!(
@@ -412,6 +414,7 @@ proptest! {
             &mut c.commits, &mut c.commit_errors, &mut c.commit_bytes,
             &mut c.store_pending_bytes, &mut c.decode_errors, &mut c.peer_link_bytes_out,
             &mut c.peer_link_bytes_in, &mut c.peer_link_failures, &mut c.map_epoch,
+            &mut c.messages_handed_over,
         ];
         for (field, value) in fields.into_iter().zip(values) {
             *field = value;

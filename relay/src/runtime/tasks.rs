@@ -187,6 +187,7 @@ fn publish(c: &mut Ctx, registry: &Registry, me: usize) {
     counters.slow_listener_fallbacks = tally.slow_listener_fallbacks;
     counters.messages_started = tally.messages_started;
     counters.messages_ended = tally.messages_ended;
+    counters.messages_handed_over = tally.messages_handed_over;
     registry.publish(me, &c.stats);
 }
 

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 
-use super::conversation::{ConvMirror, LiveMessage, MessagePhase, Talker};
+use super::conversation::{ConvMirror, ENDED_REMEMBERED_MAX, LiveMessage, MessagePhase, Talker};
 use super::owner_catch_up::CatchUpRoute;
 use super::peer::PeerMessage;
 use super::session::ConnId;
@@ -59,11 +59,15 @@ pub(crate) struct Mirrors {
     /// (owner, subscription id) -> conversation slot.
     subs: HashMap<(ShardId, u32), u32>,
     /// (owner, the owner's message stream handle) -> message slot.
-    streams: HashMap<(ShardId, u32), u32>,
+    pub(crate) streams: HashMap<(ShardId, u32), u32>,
     next_sub: u32,
     /// Events delivered by an uplink, being decoded.
     input: BytesMut,
     decoder: Decoder,
+    /// Open mirrored messages their owner stopped sending (it died, or the map moved the
+    /// conversation), held until a new owner takes them on, by id -> until when (µs); see
+    /// `handover.rs`.
+    pub(crate) held: HashMap<MsgId, u64>,
     /// A mirror lost its subscription: subscribe again on the next tick.
     pub(crate) retry: bool,
     /// Catch-ups of this shard's listeners through their own links to owners, by link
@@ -383,9 +387,11 @@ impl<S: BodyStore> Shard<S> {
                 // Listeners waiting for the mirror to be live are told `caught_up` now.
                 self.pump_queue
                     .extend(conv.listeners.iter().map(|l| l.conn));
+                // Not announced by the new subscription: held for a resume on the new owner
+                // (cut when the grace passes).
                 for msg in orphans {
                     if let Some(&slot) = self.msg_by_id.get(&msg) {
-                        self.cut_mirrored(slot);
+                        self.hold_for_handover(slot);
                     }
                 }
             }
@@ -424,12 +430,14 @@ impl<S: BodyStore> Shard<S> {
         if self
             .conversations
             .get(conv_slot)
-            .is_some_and(|c| c.cut.contains(&msg))
+            .is_some_and(|c| c.ended.contains(&msg))
         {
             return; // cut here before: its listeners heard it end
         }
         if let Some(&slot) = self.msg_by_id.get(&msg) {
-            // Held from an earlier subscription: continue it.
+            // Held from an earlier subscription (or by a new owner that adopted it):
+            // continue it.
+            self.mirrors.held.remove(&msg);
             if let Some(mirror) = self
                 .conversations
                 .get_mut(conv_slot)
@@ -447,8 +455,20 @@ impl<S: BodyStore> Shard<S> {
         self.announce_message(slot);
     }
 
-    /// Ends a mirrored message for this shard's listeners and forgets it once none reads it.
+    /// Ends a mirrored message for this shard's listeners (remembering it ended, so it is
+    /// not heard again) and forgets it once none reads it.
     fn end_mirrored(&mut self, slot: u32, state: EndState) {
+        if let Some(m) = self.messages.get(slot)
+            && m.phase == MessagePhase::Open
+        {
+            let (msg, conv_slot) = (m.msg, m.conv);
+            if let Some(conv) = self.conversations.get_mut(conv_slot) {
+                if conv.ended.len() >= ENDED_REMEMBERED_MAX {
+                    conv.ended.pop_front();
+                }
+                conv.ended.push_back(msg);
+            }
+        }
         self.end_message(slot, state);
         self.forget_mirrored_if_unread(slot);
     }
@@ -490,12 +510,24 @@ impl<S: BodyStore> Shard<S> {
             return;
         }
         self.unsubscribe_mirror(conv_slot);
-        let held = self
+        // Only the owner's messages go; one talked here (before the conversation moved away)
+        // goes on to its end.
+        let held: Vec<u32> = self
             .conversations
             .get(conv_slot)
             .map(|c| c.messages.clone())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| {
+                self.messages
+                    .get(*s)
+                    .is_some_and(|m| m.talker == Talker::Mirror)
+            })
+            .collect();
         for slot in held {
+            if let Some(m) = self.messages.get(slot) {
+                self.mirrors.held.remove(&m.msg);
+            }
             self.mirrors.streams.retain(|_, s| *s != slot);
             self.forget_message(slot, None);
         }

@@ -4,7 +4,7 @@
 //! it is not heard twice.
 
 use super::super::Shard;
-use super::super::conversation::{CUT_REMEMBERED_MAX, MessagePhase, Talker};
+use super::super::conversation::{MessagePhase, Talker};
 use super::super::session::ConnId;
 use super::super::store::{BodyStore, EndState};
 use crate::ids::{MsgId, ShardId};
@@ -46,7 +46,12 @@ impl<S: BodyStore> Shard<S> {
                 self.unsubscribe_mirror(slot);
                 for msg in self.mirrored_messages(slot, false) {
                     if let Some(&m) = self.msg_by_id.get(&msg) {
-                        self.cut_mirrored(m);
+                        if now_owner == self.shard {
+                            // Its talker resumes here and this shard adopts the copy.
+                            self.hold_for_handover(m);
+                        } else {
+                            self.cut_mirrored(m);
+                        }
                     }
                 }
                 if let Some(c) = self.conversations.get_mut(slot) {
@@ -113,18 +118,7 @@ impl<S: BodyStore> Shard<S> {
 
     /// Cuts a mirrored message here (its owner did not end it): listeners hear it end
     /// truncated, and the conversation remembers not to hear it again.
-    pub(super) fn cut_mirrored(&mut self, slot: u32) {
-        if let Some(m) = self.messages.get(slot)
-            && m.phase == MessagePhase::Open
-        {
-            let (msg, conv_slot) = (m.msg, m.conv);
-            if let Some(conv) = self.conversations.get_mut(conv_slot) {
-                if conv.cut.len() >= CUT_REMEMBERED_MAX {
-                    conv.cut.pop_front();
-                }
-                conv.cut.push_back(msg);
-            }
-        }
+    pub(in crate::shard) fn cut_mirrored(&mut self, slot: u32) {
         self.end_mirrored(slot, EndState::Truncated);
     }
 

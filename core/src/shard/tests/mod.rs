@@ -6,6 +6,7 @@ mod catch_up;
 mod cluster;
 mod cluster_catch_up;
 mod cluster_sim;
+mod handover;
 mod limits;
 mod live;
 mod sessions;

@@ -1,0 +1,275 @@
+//! Handing a message over: the owner of a conversation dies or drains mid-message, the talker
+//! resumes, and the new owner adopts the message under its id; listeners elsewhere hear it
+//! once, whole.
+
+use super::cluster::{assert_heard_whole, client_on_host, one_core_hosts};
+use super::*;
+use crate::protocol::MessageOutcome;
+use crate::shard::{BodyStore, EndState, MessageHeader, MessageState};
+
+/// A conversation owned by host `first` while hosts 1..=3 live and by host `then` once host
+/// `first` is gone.
+fn moving_name(cluster: &Host, first: u16, then: u16) -> String {
+    let survivors: Vec<u16> = (1..=3).filter(|h| *h != first).collect();
+    let after = one_core_hosts(3, &survivors);
+    (0..10_000)
+        .map(|i| format!("handover-{i}"))
+        .find(|name| {
+            let id = conv(name).id();
+            cluster.shards[0].owner_of(id).host == HostId(first)
+                && after.owner(id).is_some_and(|s| s.host == HostId(then))
+        })
+        .expect("some name moves so")
+}
+
+/// Host `dead` dies: the others lose their links to it, then apply the map without it.
+fn kill_host(cluster: &mut Host, dead: u16) {
+    cluster.dead_hosts.push(HostId(dead));
+    let survivors: Vec<u16> = (1..=3).filter(|h| *h != dead).collect();
+    for &host in &survivors {
+        let i = cluster.index_of(ShardId::new(host, 0));
+        let now = cluster.now_us;
+        cluster.shards[i].peer_lost(now, ShardId::new(dead, 0));
+    }
+    cluster.run();
+    move_map(cluster, &survivors, &survivors);
+}
+
+/// The hosts in `apply` take the map of `live`.
+fn move_map(cluster: &mut Host, live: &[u16], apply: &[u16]) {
+    let map = one_core_hosts(3, live);
+    for &host in apply {
+        let i = cluster.index_of(ShardId::new(host, 0));
+        let now = cluster.now_us;
+        cluster.shards[i].set_cluster_map(now, map.clone());
+    }
+    cluster.run();
+}
+
+fn resume(cluster: &mut Host, talker: Client, stream: u32, name: &str, msg: MsgId) {
+    cluster.request(
+        talker,
+        Request::TalkStart {
+            stream,
+            conversation: conv(name),
+            codec: Bytes::from_static(b"OpusHead"),
+            resume: Some(msg),
+        },
+    );
+}
+
+/// The `next_seq` of the talker's last `talk_started` on `stream`.
+fn next_seq(cluster: &Host, talker: Client, stream: u32) -> u32 {
+    cluster
+        .events(talker)
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::TalkStarted {
+                stream: s,
+                next_seq,
+                ..
+            } if *s == stream => Some(*next_seq),
+            _ => None,
+        })
+        .expect("talk_started")
+}
+
+fn send(cluster: &mut Host, talker: Client, stream: u32, seqs: std::ops::Range<u32>) {
+    for seq in seqs {
+        cluster.frame(talker, stream, seq, &[seq as u8; 40]);
+    }
+}
+
+fn end(cluster: &mut Host, talker: Client, stream: u32, frame_count: u32) {
+    cluster.request(
+        talker,
+        Request::TalkEnd {
+            stream,
+            frame_count,
+        },
+    );
+    cluster.commit();
+}
+
+fn stored(cluster: &Host, host: u16, msg: MsgId) -> Option<MessageHeader> {
+    let i = cluster.index_of(ShardId::new(host, 0));
+    cluster.shards[i].store.message_info(msg)
+}
+
+#[test]
+fn after_the_owner_dies_the_talker_resumes_on_the_new_owner_and_listeners_hear_the_message_once_whole()
+ {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let name = moving_name(&cluster, 1, 2);
+    // Host 2 becomes the owner and holds a copy (its listener's mirror); host 3 does not.
+    let listeners = [2, 3].map(|h| {
+        let l = client_on_host(&mut cluster, h, 0);
+        cluster.listen(l, 1, &name, ListenFrom::Live);
+        l
+    });
+    let talker = client_on_host(&mut cluster, 3, 0);
+    cluster.talk_start(talker, 1, &name);
+    send(&mut cluster, talker, 1, 0..5);
+    cluster.commit();
+    let msg = cluster.talk_started(talker, 1);
+    assert_eq!(msg.shard().host, HostId(1));
+
+    kill_host(&mut cluster, 1);
+    assert_eq!(cluster.errors(talker), vec![ErrorCode::OWNER_UNAVAILABLE]);
+    resume(&mut cluster, talker, 1, &name, msg);
+    assert_eq!(
+        cluster.talk_started(talker, 1),
+        msg,
+        "the same message goes on"
+    );
+    assert_eq!(
+        next_seq(&cluster, talker, 1),
+        5,
+        "the new owner stored the copy it held and asks for what follows"
+    );
+    send(&mut cluster, talker, 1, 5..10);
+    end(&mut cluster, talker, 1, 10);
+    for l in listeners {
+        assert_heard_whole(&cluster, l, msg, 10);
+    }
+    let header = stored(&cluster, 2, msg).expect("stored by the new owner");
+    assert_eq!(header.frame_count, 10);
+    assert_eq!(header.state, MessageState::Ended(EndState::Complete));
+    assert_eq!(
+        cluster.shards[cluster.index_of(ShardId::new(2, 0))]
+            .tally()
+            .messages_handed_over,
+        1
+    );
+}
+
+#[test]
+fn a_new_owner_without_a_copy_adopts_the_message_from_its_first_frame() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let name = moving_name(&cluster, 1, 2);
+    let listener = client_on_host(&mut cluster, 3, 0);
+    cluster.listen(listener, 1, &name, ListenFrom::Live);
+    let talker = client_on_host(&mut cluster, 3, 0);
+    cluster.talk_start(talker, 1, &name);
+    send(&mut cluster, talker, 1, 0..6);
+    cluster.commit();
+    let msg = cluster.talk_started(talker, 1);
+
+    kill_host(&mut cluster, 1);
+    resume(&mut cluster, talker, 1, &name, msg);
+    assert_eq!(
+        next_seq(&cluster, talker, 1),
+        0,
+        "resend from the first frame"
+    );
+    send(&mut cluster, talker, 1, 0..9);
+    end(&mut cluster, talker, 1, 9);
+    // The listener's mirror held frames 0..6: it drops them again and goes on at 6.
+    assert_heard_whole(&cluster, listener, msg, 9);
+    let header = stored(&cluster, 2, msg).expect("stored by the new owner");
+    assert_eq!(header.frame_count, 9);
+    // Ids the new owner issues later sort after the adopted one.
+    let talker2 = client_on_host(&mut cluster, 2, 0);
+    cluster.talk_start(talker2, 1, &name);
+    assert!(cluster.talk_started(talker2, 1) > msg);
+}
+
+#[test]
+fn a_draining_owner_hands_its_open_message_to_the_new_owner() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let name = moving_name(&cluster, 1, 2);
+    let listener = client_on_host(&mut cluster, 3, 0);
+    cluster.listen(listener, 1, &name, ListenFrom::Live);
+    let talker = client_on_host(&mut cluster, 1, 0);
+    cluster.talk_start(talker, 1, &name);
+    send(&mut cluster, talker, 1, 0..4);
+    cluster.commit();
+    let msg = cluster.talk_started(talker, 1);
+
+    // Host 1 leaves the map everywhere (its own shard keeps none of it), then shuts down.
+    move_map(&mut cluster, &[2, 3], &[1, 2, 3]);
+    let i = cluster.index_of(ShardId::new(1, 0));
+    let now = cluster.now_us;
+    cluster.shards[i].begin_shutdown_with(now, &["127.0.0.2:7000".into()]);
+    cluster.run();
+    assert!(
+        cluster.errors(talker).contains(&ErrorCode::SHUTTING_DOWN),
+        "{:?}",
+        cluster.events(talker)
+    );
+    cluster.commit();
+    let old = stored(&cluster, 1, msg).expect("the old owner keeps what it stored");
+    assert_eq!(old.state, MessageState::Ended(EndState::Truncated));
+
+    // The talker follows go_away to host 2 and resumes there.
+    let moved = client_on_host(&mut cluster, 2, 0);
+    resume(&mut cluster, moved, 1, &name, msg);
+    let from = next_seq(&cluster, moved, 1);
+    assert_eq!(from, 0);
+    send(&mut cluster, moved, 1, from..7);
+    end(&mut cluster, moved, 1, 7);
+    assert_heard_whole(&cluster, listener, msg, 7);
+    assert_eq!(stored(&cluster, 2, msg).map(|h| h.frame_count), Some(7));
+}
+
+#[test]
+fn a_held_message_nobody_resumes_ends_truncated_after_the_grace() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let name = moving_name(&cluster, 1, 2);
+    let listener = client_on_host(&mut cluster, 3, 0);
+    cluster.listen(listener, 1, &name, ListenFrom::Live);
+    let talker = client_on_host(&mut cluster, 1, 0);
+    cluster.talk_start(talker, 1, &name);
+    send(&mut cluster, talker, 1, 0..3);
+    let msg = cluster.talk_started(talker, 1);
+    kill_host(&mut cluster, 1);
+    let grace_ms = ShardConfig::default().talk_resume_grace_ms;
+    cluster.advance_ms(grace_ms / 2);
+    assert_eq!(heard(cluster.events(listener))[&msg].ended, None, "held");
+    cluster.advance_ms(grace_ms);
+    assert_eq!(
+        heard(cluster.events(listener))[&msg].ended,
+        Some((3, MessageOutcome::Truncated))
+    );
+    // Too late now: the listener heard it end, so it is not adopted again.
+    let talker2 = client_on_host(&mut cluster, 3, 0);
+    resume(&mut cluster, talker2, 1, &name, msg);
+    cluster.commit();
+    assert_eq!(heard(cluster.events(listener)).len(), 1);
+}
+
+#[test]
+fn a_resume_is_refused_for_a_message_stored_here_or_made_up() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let name = moving_name(&cluster, 1, 2);
+    let talker = client_on_host(&mut cluster, 1, 0);
+    talk_message_on(&mut cluster, talker, &name);
+    let msg = cluster.talk_started(talker, 1);
+    // Ended on its own shard: not open for a resume.
+    resume(&mut cluster, talker, 2, &name, msg);
+    assert_eq!(cluster.errors(talker), vec![ErrorCode::MESSAGE_UNAVAILABLE]);
+    // An id of another shard from long ago is not taken over.
+    let old = MsgId::from_parts(
+        cluster.now_us - crate::shard::handover::ADOPT_AGE_MAX_US - 1,
+        ShardId::new(3, 0),
+        0,
+    );
+    resume(&mut cluster, talker, 3, &name, old);
+    // Nor one from the future.
+    let ahead = MsgId::from_parts(
+        cluster.now_us + crate::shard::handover::ADOPT_CLOCK_SKEW_MAX_US + 1,
+        ShardId::new(3, 0),
+        0,
+    );
+    resume(&mut cluster, talker, 4, &name, ahead);
+    assert_eq!(cluster.errors(talker).len(), 3);
+    let i = cluster.index_of(ShardId::new(1, 0));
+    assert_eq!(cluster.shards[i].tally().messages_handed_over, 0);
+}
+
+fn talk_message_on(cluster: &mut Host, talker: Client, name: &str) {
+    cluster.talk_start(talker, 1, name);
+    send(cluster, talker, 1, 0..2);
+    end(cluster, talker, 1, 2);
+}
