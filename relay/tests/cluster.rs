@@ -311,7 +311,8 @@ fn a_conversations_frames_cross_to_a_host_once_however_many_listen_there() {
 }
 
 #[test]
-fn kill_9_of_the_owner_moves_its_conversations_and_listeners_elsewhere_hear_the_next_message() {
+fn kill_9_of_the_owner_mid_talk_hands_the_message_to_the_new_owner_and_listeners_elsewhere_hear_it_whole()
+ {
     let mut cluster = Cluster::start();
     let conversation = owned_by("failover", 3, &[1, 2, 3]);
     let mut listener = cluster.session(2, "listener");
@@ -321,12 +322,31 @@ fn kill_9_of_the_owner_moves_its_conversations_and_listeners_elsewhere_hear_the_
     let mut progress = start_message(&mut talker, 1, &conversation);
     let cut = progress.msg_id();
     assert_eq!(cut.shard().host, HostId(3));
-    send_frames(&mut talker, 1, 0, &payloads(1, 10));
+    let whole = payloads(1, 40);
+    send_frames(&mut talker, 1, 0, &whole[..10]);
 
     cluster.hosts[2].kill9();
     cluster.wait_converged(&[1, 2]);
-    // The talker's stream died with its owner: it is told so, and talks on.
+    // The talker's stream died with its owner: it is told so, and resumes the same message.
     read_talk_until_error(&mut talker, 1, &mut progress, ErrorCode::OWNER_UNAVAILABLE);
+    let next_seq = resume_until_taken_over(&mut talker, 1, &conversation, cut);
+    assert!(
+        next_seq <= 10,
+        "the new owner asks for at most what was sent: {next_seq}"
+    );
+    send_frames(&mut talker, 1, next_seq, &whole[next_seq as usize..]);
+    talker.talk_end(1, 40).expect("talk_end sent");
+    read_until_talk_ended(&mut talker, 1, 40);
+    assert_heard(
+        &mut listener,
+        &mut heard,
+        1,
+        cut,
+        &whole,
+        "the listener on host 2 hears the message go on at the new owner, every frame once",
+    );
+
+    // New messages of the conversation go to the new owner.
     let new_owner = map_of(&[1, 2]).owner(conversation.id()).expect("an owner");
     let sent = payloads(2, 30);
     let msg = talk_message(&mut talker, 2, &conversation, &sent);
@@ -339,12 +359,61 @@ fn kill_9_of_the_owner_moves_its_conversations_and_listeners_elsewhere_hear_the_
         &sent,
         "the listener on host 2 hears the new owner",
     );
-    let cut_end = heard.message(1, cut).end;
-    assert_eq!(
-        cut_end.map(|(_, outcome)| outcome),
-        Some(MessageOutcome::Truncated),
-        "the message cut by the dead owner ends for its listeners"
-    );
+}
+
+/// Resumes `msg` on talk stream `stream` until a new owner takes it over (the talker's host
+/// may still route to the dead owner for a moment); the `next_seq` it asks for.
+fn resume_until_taken_over(
+    talker: &mut Client,
+    stream: u32,
+    conversation: &ConvName,
+    msg: MsgId,
+) -> u32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        talker
+            .talk_start(stream, conversation, support::talk::OPUS_HEAD, Some(msg))
+            .expect("talk_start sent");
+        loop {
+            match talker.next_event(WAIT).expect("an answer to the resume") {
+                Event::TalkStarted {
+                    stream: s,
+                    msg_id,
+                    next_seq,
+                } if s == stream => {
+                    assert_eq!(msg_id, msg, "the same message goes on");
+                    return next_seq;
+                }
+                Event::Error { code, text, .. }
+                    if code == ErrorCode::OWNER_UNAVAILABLE || code == ErrorCode::MAP_CHANGED =>
+                {
+                    assert!(Instant::now() < deadline, "never taken over: {text}");
+                    // Retry after a pause, as the client library does with its backoff.
+                    std::thread::sleep(POLL);
+                    break;
+                }
+                Event::Stored { .. } => {}
+                other => panic!("resume of {msg}: unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+/// Reads a talker's events until `talk_ended` for `stream`, which must count `frames`.
+fn read_until_talk_ended(talker: &mut Client, stream: u32, frames: u32) {
+    loop {
+        match talker.next_event(WAIT).expect("talk_ended") {
+            Event::TalkEnded {
+                stream: s,
+                frame_count,
+            } if s == stream => {
+                assert_eq!(frame_count, frames);
+                return;
+            }
+            Event::Stored { .. } => {}
+            other => panic!("waiting for talk_ended: unexpected {other:?}"),
+        }
+    }
 }
 
 /// Reads `client`'s events until a `go_away`; its reconnect address.
