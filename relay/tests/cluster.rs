@@ -430,13 +430,20 @@ fn read_go_away(relay: &RelayProcess, client: &mut Client) -> String {
 }
 
 #[test]
-fn hark_drain_of_a_host_sends_its_clients_to_a_live_host_and_its_conversations_move() {
+fn hark_drain_of_a_host_hands_its_open_message_over_sends_its_clients_to_a_live_host_and_its_conversations_move()
+ {
     let mut cluster = Cluster::start();
     let conversation = owned_by("drained", 3, &[1, 2, 3]);
     let mut listener = cluster.session(2, "listener");
     let mut heard = Heard::new();
     listen_live(&mut listener, &mut heard, 1, &conversation);
     let mut bystander = cluster.session(3, "bystander");
+    // A message is being talked on the draining owner.
+    let mut talker = cluster.session(3, "talker");
+    let progress = start_message(&mut talker, 1, &conversation);
+    let open = progress.msg_id();
+    let whole = payloads(4, 30);
+    send_frames(&mut talker, 1, 0, &whole[..12]);
 
     let admin = cluster.host(3).admin_addr().to_string();
     let command: Vec<OsString> = ["hark", "drain", "--admin", &admin, "--wait"]
@@ -468,6 +475,27 @@ fn hark_drain_of_a_host_sends_its_clients_to_a_live_host_and_its_conversations_m
         .iter()
         .position(|addr| *addr == reconnect_to)
         .unwrap_or_else(|| panic!("go_away named {reconnect_to:?}, not a live host of {live:?}"));
+
+    // The talker follows its own go_away and resumes the message there: a handover.
+    let moved_to = read_go_away(cluster.host(3), &mut talker);
+    let host = live
+        .iter()
+        .position(|addr| *addr == moved_to)
+        .unwrap_or_else(|| panic!("go_away named {moved_to:?}, not a live host of {live:?}"));
+    let mut resumed = cluster.session(host as u16 + 1, "talker");
+    let next_seq = resume_until_taken_over(&mut resumed, 1, &conversation, open);
+    assert!(next_seq <= 12, "at most what was sent: {next_seq}");
+    send_frames(&mut resumed, 1, next_seq, &whole[next_seq as usize..]);
+    resumed.talk_end(1, 30).expect("talk_end sent");
+    read_until_talk_ended(&mut resumed, 1, 30);
+    assert_heard(
+        &mut listener,
+        &mut heard,
+        1,
+        open,
+        &whole,
+        "the listener on host 2 hears the handed-over message whole, every frame once",
+    );
 
     // The client goes where it was told, and talks to the conversation host 3 owned.
     let mut talker = cluster.session(next as u16 + 1, "bystander");

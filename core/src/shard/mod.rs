@@ -469,9 +469,48 @@ impl<S: BodyStore> Shard<S> {
                 );
             }
         }
+        self.release_other_hosts_subscriptions();
         self.truncate_open_messages(ErrorCode::SHUTTING_DOWN, "the relay is draining");
         self.wake_at = None;
         self.finish_input();
+    }
+
+    /// Draining: subscriptions of other hosts' shards (their edges' mirrors, their
+    /// listeners' catch-ups) end with `shutting_down` before the open messages are cut, so
+    /// the mirrors hold those messages for their talkers to resume on the new owner instead
+    /// of hearing them end here.
+    fn release_other_hosts_subscriptions(&mut self) {
+        let host = self.shard.host;
+        let remote: Vec<ConnId> = self
+            .conn_ids()
+            .filter(|c| {
+                self.session(*c)
+                    .and_then(|s| s.remote)
+                    .is_some_and(|(shard, _)| shard.host != host)
+            })
+            .collect();
+        for conn in remote {
+            let subs: Vec<(usize, u32)> = self
+                .session(conn)
+                .map(|s| {
+                    s.subs
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(slot, sub)| sub.as_ref().map(|sub| (slot, sub.sub)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (slot, sub) in subs {
+                self.drop_subscription(conn, slot);
+                self.send_error(
+                    conn,
+                    ErrorCode::SHUTTING_DOWN,
+                    ErrorSubject::Sub(sub),
+                    "the owner host is draining; listen on the new owner",
+                );
+                self.release_route(conn, RouteReleased::Sub(sub), false);
+            }
+        }
     }
 
     fn is_shutting_down(&self) -> bool {

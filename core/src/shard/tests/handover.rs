@@ -187,12 +187,15 @@ fn a_draining_owner_hands_its_open_message_to_the_new_owner() {
     cluster.commit();
     let msg = cluster.talk_started(talker, 1);
 
-    // Host 1 leaves the map everywhere (its own shard keeps none of it), then shuts down.
-    move_map(&mut cluster, &[2, 3], &[1, 2, 3]);
+    // Host 1 leaves the map and shuts down before the others have heard it left: their
+    // mirrors must not hear the message end there.
+    move_map(&mut cluster, &[2, 3], &[1]);
     let i = cluster.index_of(ShardId::new(1, 0));
     let now = cluster.now_us;
     cluster.shards[i].begin_shutdown_with(now, &["127.0.0.2:7000".into()]);
     cluster.run();
+    move_map(&mut cluster, &[2, 3], &[2, 3]);
+    cluster.advance_ms(100);
     assert!(
         cluster.errors(talker).contains(&ErrorCode::SHUTTING_DOWN),
         "{:?}",
