@@ -10,7 +10,8 @@
 //!                                    │  host's edge for the conversation) ─► store the copy,
 //!                                    │  go on at next_seq = frames held: listeners here hear
 //!                                    │  no break
-//!                                    ├─ started by another shard, not stored here, recent
+//!                                    ├─ started by another shard, not stored here, not
+//!                                    │  heard ending here, recent
 //!                                    │  ─► store it anew, next_seq = 0 (the talker resends
 //!                                    │  every frame; it keeps them for this)
 //!                                    └─ else ─► message_unavailable / owner_unavailable
@@ -69,6 +70,16 @@ impl<S: BodyStore> Shard<S> {
             }
             let (code, text) = self.unavailable(msg, "is not open for a resume");
             return self.refuse_talk(conn, stream, code, &text);
+        }
+        if self
+            .conversations
+            .get(conv_slot)
+            .is_some_and(|c| c.ended.contains(&msg))
+        {
+            // This shard's listeners heard it end (its owner ended it, or nobody resumed it
+            // in time): it is not heard again.
+            let text = format!("the message {msg} has ended");
+            return self.refuse_talk(conn, stream, ErrorCode::MESSAGE_UNAVAILABLE, &text);
         }
         let now = self.now_us;
         let recent = msg.start_us() <= now.saturating_add(ADOPT_CLOCK_SKEW_MAX_US)

@@ -431,8 +431,11 @@ impl<S: BodyStore> Shard<S> {
             .conversations
             .get(conv_slot)
             .is_some_and(|c| c.ended.contains(&msg))
+            || self.store.message_info(msg).is_some()
         {
-            return; // cut here before: its listeners heard it end
+            // Cut or ended here before (its listeners heard it end), or this shard stores
+            // its own copy (it took the message over): another owner's copy is not heard.
+            return;
         }
         if let Some(&slot) = self.msg_by_id.get(&msg) {
             // Held from an earlier subscription (or by a new owner that adopted it):

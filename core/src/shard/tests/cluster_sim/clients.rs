@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::ids::MsgId;
-use crate::protocol::{ErrorSubject, Event, MessageOutcome};
+use crate::protocol::{ErrorCode, ErrorSubject, Event, MessageOutcome};
 use crate::shard::ConnId;
 use crate::shard::tests::payload;
 
@@ -23,6 +23,31 @@ pub(super) struct Talker {
     pub frames: u32,
     pub end_sent: bool,
     pub ended: bool,
+    /// The owner died or drained or the map moved: resume the message at this time (the
+    /// client library's handover, with its backoff).
+    pub resume_at: Option<u64>,
+    /// A resume `talk_start` was sent; frames wait for its `talk_started`.
+    pub resuming: bool,
+    /// Handover attempts of the current message (bounded: the client library's patience).
+    pub handovers: u32,
+}
+
+/// Resumes a talker tries for one message before it gives up (the client library's patience).
+pub(super) const HANDOVER_ATTEMPTS_MAX: u32 = 50;
+
+/// Whether an event asks the talker to resume its message elsewhere (a handover).
+pub(super) fn asks_handover(event: &Event, stream: u32) -> bool {
+    matches!(
+        event,
+        Event::Error { about: ErrorSubject::TalkStream(s), code, .. }
+            if *s == stream
+                && [
+                    ErrorCode::OWNER_UNAVAILABLE,
+                    ErrorCode::MAP_CHANGED,
+                    ErrorCode::SHUTTING_DOWN,
+                ]
+                .contains(code)
+    )
 }
 
 /// A listener of one conversation.

@@ -7,7 +7,9 @@ use bytes::{Bytes, BytesMut};
 use rand_core::{Rng, SeedableRng};
 use rand_xorshift::XorShiftRng;
 
-use super::clients::{Location, Role, SimClient, breaks_listen, breaks_talk};
+use super::clients::{
+    HANDOVER_ATTEMPTS_MAX, Location, Role, SimClient, asks_handover, breaks_listen, breaks_talk,
+};
 use super::net::{self, Net, host_index};
 use crate::cluster::{ClusterConfig, ClusterNode, ClusterOutput, HostCard};
 use crate::ids::{HostId, MsgId, ShardId};
@@ -22,6 +24,9 @@ use crate::shard::{
 const SETTLE_ROUNDS_MAX: usize = 100_000;
 /// Messages listed per conversation when a restarted shard looks for its newest and open ones.
 const TIMELINE_SCAN_MAX: usize = 1_000_000;
+/// How long a talker waits before resuming a message its owner could not take (µs).
+const HANDOVER_RETRY_US: u64 = 200_000;
+
 /// Weight per core on every card (any nonzero value: all hosts equal).
 const WEIGHT_PER_CORE: u32 = 100;
 
@@ -51,6 +56,8 @@ pub(super) struct World {
     pub acked: BTreeMap<MsgId, (u32, u32)>,
     /// Messages started, per conversation index (listen-from-message targets).
     pub talked: BTreeMap<usize, Vec<MsgId>>,
+    /// Resumes a new owner answered (messages handed over).
+    pub handovers: u32,
 }
 
 impl World {
@@ -86,6 +93,7 @@ impl World {
             location: BTreeMap::new(),
             acked: BTreeMap::new(),
             talked: BTreeMap::new(),
+            handovers: 0,
         }
     }
 
@@ -343,9 +351,22 @@ impl World {
             match &mut client.role {
                 Role::Talker(talk) => {
                     match &event {
-                        Event::TalkStarted { stream, msg_id, .. } if *stream == talk.stream => {
-                            talk.msg = Some(*msg_id);
-                            self.talked.entry(talk.conv).or_default().push(*msg_id);
+                        Event::TalkStarted {
+                            stream,
+                            msg_id,
+                            next_seq,
+                        } if *stream == talk.stream => {
+                            if talk.resuming {
+                                // A handover: go on from where the new owner asks.
+                                assert_eq!(talk.msg, Some(*msg_id), "a resume names its message");
+                                talk.resuming = false;
+                                self.handovers += 1;
+                                talk.next_seq = *next_seq;
+                                talk.end_sent = false;
+                            } else {
+                                talk.msg = Some(*msg_id);
+                                self.talked.entry(talk.conv).or_default().push(*msg_id);
+                            }
                         }
                         Event::Stored {
                             stream,
@@ -360,7 +381,15 @@ impl World {
                         }
                         _ => {}
                     }
-                    if breaks_talk(&event, talk.stream) {
+                    if asks_handover(&event, talk.stream)
+                        && talk.msg.is_some()
+                        && !talk.ended
+                        && talk.handovers < HANDOVER_ATTEMPTS_MAX
+                    {
+                        talk.handovers += 1;
+                        talk.resuming = false;
+                        talk.resume_at = Some(self.now_us + HANDOVER_RETRY_US);
+                    } else if breaks_talk(&event, talk.stream) {
                         client.broken = true;
                     }
                 }
