@@ -10,6 +10,7 @@ use super::*;
 use crate::ids::{MsgId, ShardId};
 use crate::protocol::{Decoder, MessageOutcome, Request, encode_event};
 
+mod handover;
 mod model;
 
 fn conv() -> ConvName {
