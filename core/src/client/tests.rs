@@ -11,6 +11,7 @@ use crate::ids::{MsgId, ShardId};
 use crate::protocol::{Decoder, MessageOutcome, Request, encode_event};
 
 mod handover;
+mod handover_model;
 mod model;
 
 fn conv() -> ConvName {
