@@ -2,11 +2,15 @@
 //!
 //! What it is: [`ClientSession`] encodes requests into a caller's `BytesMut`, decodes events
 //! from the caller's input buffer and keeps what a client must remember to survive a broken
-//! connection: the hello's terms, each talk stream (message id, frames sent, frames stored,
-//! the frames not yet acknowledged), each subscription (where to resume listening) and the
-//! history requests in flight. After a reconnect, [`ClientSession::connect`] writes the hello
-//! again, a `talk_start{resume}` per open talk stream and a `listen` per subscription; when
-//! `talk_started` names the relay's `next_seq`, the session resends the kept frames from there.
+//! connection or a lost owner: the hello's terms, each talk stream (message id, frames sent,
+//! frames stored, the message's frames from frame 0 within [`KEPT_FRAMES_MAX`]), each
+//! subscription (where to resume listening) and the history requests in flight. After a
+//! reconnect, [`ClientSession::connect`] writes the hello again, a `talk_start{resume}` per
+//! open talk stream and a `listen` per subscription; when `talk_started` names the relay's
+//! `next_seq`, the session resends the kept frames from there. When the relay says a
+//! message's owner was lost ([`HANDOVER_CODES`]), the stream waits and
+//! [`ClientSession::poll`] sends the resume with backoff until a new owner takes it (its
+//! `next_seq` may be 0: every frame is resent) or the handover patience runs out.
 //!
 //! [`HostPool`] picks which relay to connect to (health, backoff with full jitter, redirects
 //! from a relay's `go_away`), as sans-IO as the session.
@@ -19,10 +23,12 @@
 //!  socket ──► input ──receive(input)──► ClientSession ──► Event (state updated; pings answered)
 //!  connection lost ──connect(out)──► hello + talk_start{resume} + listen ──► socket
 //!                    talk_started{next_seq} ──► kept frames from next_seq resent into out
+//!  error{owner_unavailable..} ──► waiting ──poll(now) when due──► talk_start{resume} ──► …
 //! ```
 
 mod backoff;
 mod error;
+mod handover;
 mod pool;
 mod subscriptions;
 mod talk;
@@ -32,6 +38,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ids::{ConvName, HostId};
 use crate::protocol::{
@@ -41,11 +48,14 @@ use crate::protocol::{
 
 pub use backoff::{BACKOFF_MAX_US, BACKOFF_MIN_US, Backoff, JitterRng};
 pub use error::ClientSessionError;
+pub use handover::{
+    HANDOVER_BACKOFF_MAX_US, HANDOVER_BACKOFF_MIN_US, HANDOVER_CODES, HANDOVER_PATIENCE_DEFAULT_US,
+};
 pub use pool::{Choice, HOST_POOL_ADDRESSES_MAX, HostHealth, HostPool, HostPoolError};
 use subscriptions::HeardStream;
 pub use subscriptions::SubStatus;
 use talk::TalkStream;
-pub use talk::{TalkPhase, TalkStatus, UNACKED_BYTES_MAX, UNACKED_FRAMES_MAX};
+pub use talk::{KEPT_BYTES_MAX, KEPT_FRAMES_MAX, TalkPhase, TalkStatus};
 
 /// Talk streams one session keeps at once (the relay announces its own, usually lower, limit).
 pub const TALK_STREAMS_MAX: usize = 64;
@@ -107,15 +117,20 @@ pub struct ClientSession {
     history: BTreeSet<u32>,
     connections: u32,
     last_sent_us: u64,
+    handover_patience_us: u64,
+    jitter: JitterRng,
 }
 
 impl ClientSession {
     /// A session that presents `token` (empty in the relay's loopback dev mode) and
     /// `client_name` in every hello.
     pub fn new(token: impl Into<Bytes>, client_name: impl Into<String>) -> Self {
+        let token = token.into();
+        let client_name = client_name.into();
+        let seed = xxh3_64(&token) ^ xxh3_64(client_name.as_bytes()).rotate_left(32);
         Self {
-            token: token.into(),
-            client_name: client_name.into(),
+            token,
+            client_name,
             decoder: Decoder::new(),
             hello: HelloState::NotSent,
             first_server_time_us: None,
@@ -125,6 +140,8 @@ impl ClientSession {
             history: BTreeSet::new(),
             connections: 0,
             last_sent_us: 0,
+            handover_patience_us: HANDOVER_PATIENCE_DEFAULT_US,
+            jitter: JitterRng::new(seed),
         }
     }
 
@@ -163,6 +180,10 @@ impl ClientSession {
         )?;
         for (&stream, talk) in &mut self.talks {
             talk.started_here = false;
+            if let Some(handover) = &mut talk.handover {
+                // This resume is the handover's next one; poll must not send another.
+                handover.resume_sent();
+            }
             if resumed {
                 talk.status.resumes += 1;
             }
@@ -219,28 +240,40 @@ impl ClientSession {
         &self.hello
     }
 
-    /// Keeps an idle connection open: writes a `ping` when nothing was sent for a third of the
-    /// relay's idle timeout. Returns whether it did.
+    /// Does what is due at `now_us`: gives up a handover whose patience ran out (the stream
+    /// is dropped and named by [`ClientSessionError::HandoverFailed`]; call `poll` again for
+    /// the rest), writes the resume `talk_start` of each handover that is due, and writes a
+    /// `ping` when nothing was sent for a third of the relay's idle timeout. Returns whether
+    /// it wrote anything. Call it by [`ClientSession::next_poll_us`].
     pub fn poll(&mut self, now_us: u64, out: &mut BytesMut) -> Result<bool, ClientSessionError> {
+        if let Some((stream, msg_id)) = self.give_up_handover(now_us) {
+            return Err(ClientSessionError::HandoverFailed { stream, msg_id });
+        }
+        let resumed = self.send_due_resumes(now_us, out)?;
         let HelloState::Accepted(terms) = &self.hello else {
-            return Ok(false);
+            return Ok(resumed);
         };
         let interval_us = u64::from(terms.limits.idle_timeout_ms) * 1000 / 3;
         if now_us.saturating_sub(self.last_sent_us) < interval_us {
-            return Ok(false);
+            return Ok(resumed);
         }
         encode_request(&Request::Ping { nonce: now_us }, out)?;
         self.last_sent_us = now_us;
         Ok(true)
     }
 
-    /// When [`ClientSession::poll`] will next want to ping (µs), if the session is open.
+    /// When [`ClientSession::poll`] next has work (µs): a ping while the session is open, a
+    /// handover's resume or give-up. `None` when nothing will be due.
     pub fn next_poll_us(&self) -> Option<u64> {
-        match &self.hello {
+        let ping_us = match &self.hello {
             HelloState::Accepted(terms) => {
                 Some(self.last_sent_us + u64::from(terms.limits.idle_timeout_ms) * 1000 / 3)
             }
             _ => None,
+        };
+        match (ping_us, self.next_handover_us()) {
+            (Some(ping_us), Some(handover_us)) => Some(ping_us.min(handover_us)),
+            (ping_us, handover_us) => ping_us.or(handover_us),
         }
     }
 
@@ -298,9 +331,9 @@ impl ClientSession {
                 stream,
                 frames_stored,
             } => {
+                // Raises what stored frames may be dropped when the kept ones reach a bound.
                 if let Some(talk) = self.talks.get_mut(stream) {
                     talk.status.frames_stored = talk.status.frames_stored.max(*frames_stored);
-                    talk.release_below(talk.status.frames_stored);
                 }
             }
             Event::TalkEnded { stream, .. } => {
@@ -357,13 +390,13 @@ impl ClientSession {
                 encode_request(&Request::Pong { nonce: *nonce }, out)?;
                 self.last_sent_us = now_us;
             }
-            Event::Error { code, about, text } => self.error(*code, *about, text),
+            Event::Error { code, about, text } => self.error(*code, *about, text, now_us),
             Event::Frame { .. } | Event::Pong { .. } | Event::GoAway { .. } => {}
         }
         Ok(())
     }
 
-    fn error(&mut self, code: ErrorCode, about: ErrorSubject, text: &str) {
+    fn error(&mut self, code: ErrorCode, about: ErrorSubject, text: &str, now_us: u64) {
         match about {
             ErrorSubject::Connection => {
                 if self.hello == HelloState::Sent {
@@ -375,9 +408,12 @@ impl ClientSession {
             }
             // Every talk-stream error either refuses the start or ends the message: the
             // handle is idle at the relay from now on (unknown_stream concerns a handle the
-            // relay does not know, which is idle too).
+            // relay does not know, which is idle too). A lost owner leaves the message open
+            // for a resume elsewhere: a stream whose message id is known waits for it.
             ErrorSubject::TalkStream(stream) => {
-                self.talks.remove(&stream);
+                if !(HANDOVER_CODES.contains(&code) && self.owner_lost(stream, now_us)) {
+                    self.talks.remove(&stream);
+                }
             }
             ErrorSubject::Sub(sub) => {
                 if self.subs.get(&sub).is_some_and(|status| !status.listening) {

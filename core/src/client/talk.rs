@@ -4,17 +4,22 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+use super::handover::Handover;
 use super::{ClientSession, ClientSessionError, TALK_STREAMS_MAX};
 use crate::ids::{ConvName, MsgId};
 use crate::protocol::{Request, encode_request, write_talk_frame};
 
-/// Frames of one talk stream kept for a resume (sent, not yet acknowledged as stored). At
-/// 50 frames per second this is almost three minutes of speech without a `stored` ack; a
-/// talker that reaches it must wait for acks ([`super::ClientSessionError::UnackedFull`]).
-pub const UNACKED_FRAMES_MAX: usize = 8192;
+/// Frames of one talk stream kept for a resume. A stream keeps every frame of its message
+/// from frame 0 while under this bound and [`KEPT_BYTES_MAX`], because a new owner that adopts
+/// the message after a handover may ask for all of them again (`next_seq` 0). At 50 frames per
+/// second 8192 frames are about 2.7 minutes of speech; beyond that the frames already
+/// acknowledged as stored are dropped from the front to make room, and a resume asking below
+/// the oldest kept frame fails with [`super::ClientSessionError::ResumeGap`]. A talker whose
+/// kept frames are all unacknowledged must wait for acks ([`super::ClientSessionError::KeptFull`]).
+pub const KEPT_FRAMES_MAX: usize = 8192;
 
-/// Payload bytes of one talk stream kept for a resume.
-pub const UNACKED_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Payload bytes of one talk stream kept for a resume (see [`KEPT_FRAMES_MAX`]).
+pub const KEPT_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Where a talk stream is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +39,21 @@ pub struct TalkStatus {
     pub msg_id: Option<MsgId>,
     /// Frames handed to the session (the next frame's seq).
     pub frames_sent: u32,
-    /// Frames `0 .. frames_stored` are durable at the relay.
+    /// Frames `0 .. frames_stored` are durable at the message's current owner (a resume's
+    /// `talk_started` sets it to the owner's `next_seq`, which a new owner may put lower).
     pub frames_stored: u32,
     /// Open or ending.
     pub phase: TalkPhase,
     /// How many times the stream was resumed on a new connection.
     pub resumes: u32,
+    /// How many times the message's owner was lost (`owner_unavailable`, `map_changed`,
+    /// `shutting_down`) and a handover to a new owner began; retries within one handover
+    /// are not counted.
+    pub handovers: u32,
+    /// While the stream waits for a new owner: when (the caller's clock, µs) the handover
+    /// began. `None` when no handover is under way. A stream given up is gone altogether
+    /// ([`ClientSession::talk`] answers `None`).
+    pub handover_since_us: Option<u64>,
 }
 
 /// A talk stream's state: its status plus the frames a resume would resend.
@@ -47,11 +61,13 @@ pub struct TalkStatus {
 pub(super) struct TalkStream {
     pub(super) status: TalkStatus,
     pub(super) codec: Bytes,
-    /// Frames `first_unacked_seq ..` that were sent and are not known to be stored.
-    pub(super) unacked: VecDeque<Bytes>,
-    pub(super) unacked_bytes: usize,
-    /// `talk_started` arrived on the current connection.
+    /// Frames `first_kept_seq ..` of the message (from frame 0 until a bound drops stored ones).
+    pub(super) kept: VecDeque<Bytes>,
+    pub(super) kept_bytes: usize,
+    /// `talk_started` arrived on the current connection (and no handover began since).
     pub(super) started_here: bool,
+    /// The handover under way, if the owner was lost.
+    pub(super) handover: Option<Handover>,
 }
 
 impl TalkStream {
@@ -64,53 +80,85 @@ impl TalkStream {
                 frames_stored: 0,
                 phase: TalkPhase::Open,
                 resumes: 0,
+                handovers: 0,
+                handover_since_us: None,
             },
             codec,
-            unacked: VecDeque::new(),
-            unacked_bytes: 0,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
             started_here: false,
+            handover: None,
         }
     }
 
-    /// A resume `talk_start` was sent on this connection and its `talk_started` has not come.
+    /// A resume `talk_start` was sent (or is scheduled, during a handover) and its
+    /// `talk_started` has not come: frames are only kept, the relay's `next_seq` decides
+    /// where the resent run begins.
     pub(super) fn resume_pending(&self) -> bool {
         self.status.msg_id.is_some() && !self.started_here
     }
 
     /// The seq of the oldest kept frame.
-    pub(super) fn first_unacked_seq(&self) -> u32 {
+    pub(super) fn first_kept_seq(&self) -> u32 {
         // The deque holds frames `frames_sent - len .. frames_sent`; its length is bounded by
-        // UNACKED_FRAMES_MAX, far below u32::MAX.
-        self.status.frames_sent - self.unacked.len() as u32
+        // KEPT_FRAMES_MAX, far below u32::MAX.
+        self.status.frames_sent - self.kept.len() as u32
     }
 
-    /// Whether one more frame of `len` bytes may be kept.
+    /// How many kept frames at the front may be dropped to make room: those the current
+    /// owner acknowledged as stored. None while a resume is pending: the owner answering it
+    /// may be a new one that asks for frames the old one had stored.
+    fn droppable_frames(&self) -> usize {
+        if self.resume_pending() {
+            return 0;
+        }
+        (self
+            .status
+            .frames_stored
+            .saturating_sub(self.first_kept_seq()) as usize)
+            .min(self.kept.len())
+    }
+
+    /// Whether one more frame of `len` bytes may be kept, dropping stored frames if needed.
     pub(super) fn has_room(&self, len: usize) -> bool {
-        self.unacked.len() < UNACKED_FRAMES_MAX && self.unacked_bytes + len <= UNACKED_BYTES_MAX
+        let fits = |frames: usize, bytes: usize| {
+            frames < KEPT_FRAMES_MAX && bytes.saturating_add(len) <= KEPT_BYTES_MAX
+        };
+        let (mut frames, mut bytes) = (self.kept.len(), self.kept_bytes);
+        // Bounded by the droppable frames, at most the deque's length.
+        for payload in self.kept.iter().take(self.droppable_frames()) {
+            if fits(frames, bytes) {
+                break;
+            }
+            frames -= 1;
+            bytes -= payload.len();
+        }
+        fits(frames, bytes)
     }
 
+    /// Keeps the next frame, dropping stored frames from the front while the bounds need it
+    /// (the caller checked [`TalkStream::has_room`]).
     pub(super) fn keep(&mut self, payload: Bytes) {
-        self.unacked_bytes += payload.len();
-        self.unacked.push_back(payload);
-        self.status.frames_sent += 1;
-    }
-
-    /// Drops kept frames below `seq` (they are durable).
-    pub(super) fn release_below(&mut self, seq: u32) {
-        // Bounded by the deque's length.
-        while self.first_unacked_seq() < seq {
-            match self.unacked.pop_front() {
-                Some(payload) => self.unacked_bytes -= payload.len(),
+        // Bounded by the deque's length: each pass drops one frame or stops.
+        while (self.kept.len() >= KEPT_FRAMES_MAX
+            || self.kept_bytes.saturating_add(payload.len()) > KEPT_BYTES_MAX)
+            && self.droppable_frames() > 0
+        {
+            match self.kept.pop_front() {
+                Some(dropped) => self.kept_bytes -= dropped.len(),
                 None => break,
             }
         }
+        self.kept_bytes += payload.len();
+        self.kept.push_back(payload);
+        self.status.frames_sent += 1;
     }
 
     /// Kept frames from `seq` on, with their seqs.
     pub(super) fn frames_from(&self, seq: u32) -> impl Iterator<Item = (u32, &Bytes)> {
-        let first = self.first_unacked_seq();
+        let first = self.first_kept_seq();
         let skip = seq.saturating_sub(first) as usize;
-        self.unacked
+        self.kept
             .iter()
             .enumerate()
             .skip(skip)
@@ -159,8 +207,9 @@ impl ClientSession {
             .is_some_and(|talk| talk.has_room(len))
     }
 
-    /// Sends the next frame of talk stream `stream` and keeps it until it is stored; returns
-    /// its seq.
+    /// Sends the next frame of talk stream `stream` and keeps it for a resume (see
+    /// [`KEPT_FRAMES_MAX`]); returns its seq. While a resume or a handover is pending the frame
+    /// is only kept: it goes out with the resent run once `talk_started` names `next_seq`.
     pub fn talk_frame(
         &mut self,
         stream: u32,
@@ -176,7 +225,7 @@ impl ClientSession {
             return Err(ClientSessionError::TalkStreamEnding(stream));
         }
         if !talk.has_room(payload.len()) {
-            return Err(ClientSessionError::UnackedFull(stream));
+            return Err(ClientSessionError::KeptFull(stream));
         }
         let seq = talk.status.frames_sent;
         // While a resume waits for its talk_started, frames are only kept: the relay's
@@ -240,6 +289,8 @@ impl ClientSession {
         let resumed = talk.status.msg_id == Some(msg_id);
         talk.status.msg_id = Some(msg_id);
         talk.started_here = true;
+        talk.handover = None;
+        talk.status.handover_since_us = None;
         if !resumed {
             // A new message: its frames were sent behind the talk_start already.
             return Ok(());
@@ -250,15 +301,19 @@ impl ClientSession {
                 talk.status.frames_sent
             )));
         }
-        if next_seq < talk.first_unacked_seq() {
+        let kept_from = talk.first_kept_seq();
+        if next_seq < kept_from {
+            // The message cannot be completed: forget it so the caller may talk again.
+            self.talks.remove(&stream);
             return Err(ClientSessionError::ResumeGap {
                 msg_id,
                 next_seq,
-                kept_from: talk.first_unacked_seq(),
+                kept_from,
             });
         }
-        talk.status.frames_stored = talk.status.frames_stored.max(next_seq);
-        talk.release_below(next_seq);
+        // The owner's count, lower than before when a new owner adopted the message: frames
+        // from here are resent, and only its own `stored` acks make them droppable again.
+        talk.status.frames_stored = next_seq;
         for (seq, payload) in talk.frames_from(next_seq) {
             write_talk_frame(out, stream, seq, payload)?;
         }

@@ -10,6 +10,8 @@ use super::*;
 use crate::ids::{MsgId, ShardId};
 use crate::protocol::{Decoder, MessageOutcome, Request, encode_event};
 
+mod handover;
+mod handover_model;
 mod model;
 
 fn conv() -> ConvName {
@@ -110,7 +112,7 @@ fn a_refused_hello_is_remembered_with_its_code() {
 }
 
 #[test]
-fn stored_acks_release_kept_frames_and_talk_ended_forgets_the_stream() {
+fn stored_acks_count_durable_frames_and_talk_ended_forgets_the_stream() {
     let mut session = ClientSession::new(Bytes::new(), "t");
     let mut out = BytesMut::new();
     session.connect(0, &mut out).unwrap();
@@ -146,7 +148,8 @@ fn stored_acks_release_kept_frames_and_talk_ended_forgets_the_stream() {
     );
     let status = session.talk(1).unwrap();
     assert_eq!((status.frames_sent, status.frames_stored), (5, 3));
-    assert_eq!(session.talks[&1].unacked.len(), 2);
+    // Every frame stays kept (a new owner may ask for all of them) while under the bounds.
+    assert_eq!(session.talks[&1].kept.len(), 5);
     assert_eq!(session.talk_end(1, 0, &mut out).unwrap(), 5);
     assert!(matches!(
         session.talk_frame(1, Bytes::new(), 0, &mut out),
@@ -261,14 +264,14 @@ fn a_message_without_an_id_starts_again_from_frame_zero_on_a_new_connection() {
 }
 
 #[test]
-fn a_resume_below_the_kept_frames_is_a_gap() {
+fn a_resume_below_the_kept_frames_is_a_gap_and_drops_the_stream() {
     let mut session = ClientSession::new(Bytes::new(), "t");
     let mut out = BytesMut::new();
     session.connect(0, &mut out).unwrap();
     session
         .talk_start(1, conv(), Bytes::new(), 0, &mut out)
         .unwrap();
-    for _ in 0..4 {
+    for _ in 0..KEPT_FRAMES_MAX {
         session
             .talk_frame(1, Bytes::from_static(b"x"), 0, &mut out)
             .unwrap();
@@ -290,6 +293,14 @@ fn a_resume_below_the_kept_frames_is_a_gap() {
         },
         &mut out,
     );
+    // Three more frames than the bound: the three stored ones are dropped from the front.
+    for _ in 0..3 {
+        session
+            .talk_frame(1, Bytes::from_static(b"x"), 0, &mut out)
+            .unwrap();
+    }
+    assert_eq!(session.talks[&1].first_kept_seq(), 3);
+    assert_eq!(session.talks[&1].kept.len(), KEPT_FRAMES_MAX);
     session.connect(0, &mut out).unwrap();
     let mut input = BytesMut::from(
         &encode_event(&Event::TalkStarted {
@@ -307,6 +318,7 @@ fn a_resume_below_the_kept_frames_is_a_gap() {
             ..
         })
     ));
+    assert!(session.talk(1).is_none(), "the message cannot be completed");
 }
 
 #[test]
@@ -317,7 +329,7 @@ fn the_kept_frames_are_bounded_and_stored_acks_make_room() {
     session
         .talk_start(1, conv(), Bytes::new(), 0, &mut out)
         .unwrap();
-    for _ in 0..UNACKED_FRAMES_MAX {
+    for _ in 0..KEPT_FRAMES_MAX {
         session
             .talk_frame(1, Bytes::from_static(b"x"), 0, &mut out)
             .unwrap();
@@ -325,7 +337,7 @@ fn the_kept_frames_are_bounded_and_stored_acks_make_room() {
     assert!(!session.can_send_frame(1, 1));
     assert!(matches!(
         session.talk_frame(1, Bytes::from_static(b"x"), 0, &mut out),
-        Err(ClientSessionError::UnackedFull(1))
+        Err(ClientSessionError::KeptFull(1))
     ));
     deliver(
         &mut session,
@@ -345,7 +357,7 @@ fn the_kept_frames_are_bounded_and_stored_acks_make_room() {
         &mut out,
     );
     assert!(session.can_send_frame(1, 1));
-    let big = Bytes::from(vec![0; UNACKED_BYTES_MAX]);
+    let big = Bytes::from(vec![0; KEPT_BYTES_MAX]);
     assert!(!session.can_send_frame(1, big.len()));
 }
 

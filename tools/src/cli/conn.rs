@@ -19,8 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use hark_core::HostId;
-use hark_core::client::{Choice, ClientSession, HelloState, HostPool, HostPoolError};
-use hark_core::protocol::{Event, GoAwayReason};
+use hark_core::client::{
+    Choice, ClientSession, ClientSessionError, HelloState, HostPool, HostPoolError,
+};
+use hark_core::protocol::{ErrorCode, Event, GoAwayReason};
 
 use super::CliError;
 
@@ -371,14 +373,16 @@ impl Driver {
     }
 
     /// The next event, waiting at most `timeout`; `Ok(None)` when none came. Keepalive pings
-    /// and the session's answers (pongs, resent frames) are written on the way.
+    /// and the session's answers (pongs, resent frames, a handover's resumes, each when the
+    /// session says it is due) are written on the way. A handover the session gave up is an
+    /// error ([`session_error`]).
     pub fn next_event(&mut self, timeout: Duration) -> Result<Option<Event>, CliError> {
         let deadline = Instant::now() + timeout;
         loop {
             let decoded = self
                 .session
                 .receive(&mut self.input, now_us(), &mut self.out)
-                .map_err(|error| CliError::Protocol(error.to_string()));
+                .map_err(session_error);
             let decoded = match decoded {
                 Ok(decoded) => decoded,
                 Err(error) => {
@@ -393,7 +397,11 @@ impl Driver {
             {
                 return Err(self.go_away(*reason, reconnect_to));
             }
-            if self.session.poll(now_us(), &mut self.out).unwrap_or(false) || !self.out.is_empty() {
+            let wrote = self
+                .session
+                .poll(now_us(), &mut self.out)
+                .map_err(session_error)?;
+            if wrote || !self.out.is_empty() {
                 self.flush()?;
             }
             if let Some(event) = decoded {
@@ -403,7 +411,11 @@ impl Driver {
             if remaining.is_zero() {
                 return Ok(None);
             }
-            self.read_some(remaining)?;
+            // Wake for the session's next due work (a handover's resume) too.
+            let until_poll = self.session.next_poll_us().map_or(remaining, |at_us| {
+                Duration::from_micros(at_us.saturating_sub(now_us()))
+            });
+            self.read_some(remaining.min(until_poll))?;
         }
     }
 
@@ -480,6 +492,27 @@ pub fn reconnect(
                 std::thread::sleep(wait);
             }
         }
+    }
+}
+
+/// A session error as the CLI reports it. A message the session can no longer complete is a
+/// refusal with the nearest wire code, so `hark talk` may talk the file again: a resume
+/// asking for frames no longer kept ([`ClientSessionError::ResumeGap`]) as
+/// `message_unavailable`, a handover given up ([`ClientSessionError::HandoverFailed`]) as
+/// `owner_unavailable` (the owner stayed unreachable). Anything else is a protocol error.
+pub(crate) fn session_error(error: ClientSessionError) -> CliError {
+    match &error {
+        ClientSessionError::ResumeGap { msg_id, .. } => CliError::refused(
+            format!("resume {msg_id}"),
+            ErrorCode::MESSAGE_UNAVAILABLE,
+            &error.to_string(),
+        ),
+        ClientSessionError::HandoverFailed { msg_id, .. } => CliError::refused(
+            format!("hand {msg_id} over to a new owner"),
+            ErrorCode::OWNER_UNAVAILABLE,
+            &error.to_string(),
+        ),
+        _ => CliError::Protocol(error.to_string()),
     }
 }
 

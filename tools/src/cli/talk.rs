@@ -1,4 +1,5 @@
-//! `hark talk`: an Ogg Opus file as one message, paced at real time, resumed after a break.
+//! `hark talk`: an Ogg Opus file as one message, paced at real time, resumed after a break
+//! and handed over to a new owner when its owner host is lost or drains.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,6 +56,9 @@ pub struct TalkReport {
     pub frame_count: u32,
     /// Connections beyond the first (resumes).
     pub resumes: u32,
+    /// Times the message's owner was lost and the message resumed on (or waited for) a new
+    /// owner on the same connection.
+    pub handovers: u32,
     /// Messages the relay lost (it restarted before their end), talked again as new ones.
     pub abandoned: Vec<String>,
 }
@@ -82,7 +86,10 @@ pub fn talk(
         "talk",
         &conversation,
     )?;
-    let mut driver = Driver::new(ClientSession::new(token, CLIENT_NAME));
+    let mut session = ClientSession::new(token, CLIENT_NAME);
+    // Talkers that lost the same owner together spread their resumes.
+    session.set_jitter_seed(now_us() ^ u64::from(std::process::id()).rotate_left(17));
+    let mut driver = Driver::new(session);
     driver.connect(&source())?.report(args.json, out)?;
     let frame_interval = match driver.session.hello_state() {
         hark_core::client::HelloState::Accepted(terms) if args.fast => Some(Duration::from_micros(
@@ -91,25 +98,25 @@ pub fn talk(
         _ => None,
     };
     let mut abandoned = Vec::new();
+    let mut handovers = 0;
+    let sending = Sending {
+        file: &file,
+        conversation: &conversation,
+        frame_interval,
+        args,
+    };
     // Bounded by MESSAGE_RESTARTS_MAX: each pass either returns or restarts the message.
     let (msg_id, frame_count) = loop {
-        match send_message(
-            &mut driver,
-            &file,
-            &conversation,
-            frame_interval,
-            args,
-            source,
-            out,
-        ) {
+        match send_message(&mut driver, &sending, source, out, &mut handovers) {
             Ok(done) => break done,
             Err((CliError::Refused { code, .. }, lost))
-                if restartable(ErrorCode(code), driver.connections())
+                if restartable(ErrorCode(code), driver.connections() > 1 || handovers > 0)
                     && abandoned.len() < MESSAGE_RESTARTS_MAX =>
             {
-                // The relay restarted and forgot the open message, or the host that owned it
-                // is gone, or the map moved it (what was stored stays, ended truncated): talk
-                // the whole file again as a new message.
+                // The relay restarted and forgot the open message, or no new owner took it
+                // over in time, or it asks for frames no longer kept, or the message never
+                // got an id to hand over (what was stored stays, ended truncated): talk the
+                // whole file again as a new message.
                 let lost =
                     lost.map_or_else(|| "an unnamed message".to_owned(), |id| id.to_string());
                 if args.json {
@@ -134,12 +141,13 @@ pub fn talk(
         let line = serde_json::json!({
             "event": "stored", "msg_id": msg_id.to_string(), "frame_count": frame_count,
             "complete": frame_count as usize == file.packets.len(), "resumes": resumes,
+            "handovers": handovers,
         });
         writeln!(out, "{line}")?;
     } else {
         writeln!(
             out,
-            "stored {msg_id}: {frame_count} of {} frames durable ({resumes} resumes)",
+            "stored {msg_id}: {frame_count} of {} frames durable ({resumes} resumes, {handovers} handovers)",
             file.packets.len()
         )?;
     }
@@ -147,44 +155,44 @@ pub fn talk(
         msg_id,
         frame_count,
         resumes,
+        handovers,
         abandoned,
     })
 }
 
-/// Whether a message cut by `code` is talked again as a new one: the relay forgot it after a
-/// restart (`message_unavailable`, only once we reconnected), its owner host is unreachable
-/// (`owner_unavailable`), or the cluster's map moved it (`map_changed`).
-fn restartable(code: ErrorCode, connections: u32) -> bool {
-    (code == ErrorCode::MESSAGE_UNAVAILABLE && connections > 1)
+/// Whether a message cut by `code` is talked again as a new one. A lost owner is handed over
+/// by the session and reaches here only when that failed, so these are: the relay forgot the
+/// message after a restart or a new owner asks for frames no longer kept
+/// (`message_unavailable`, only once the message was `resumed`: before, an unknown message
+/// is the caller's mistake); no new owner took it within the handover patience, or it had no
+/// id to hand over yet (`owner_unavailable`); the map moved it before it had an id
+/// (`map_changed`).
+fn restartable(code: ErrorCode, resumed: bool) -> bool {
+    (code == ErrorCode::MESSAGE_UNAVAILABLE && resumed)
         || code == ErrorCode::OWNER_UNAVAILABLE
         || code == ErrorCode::MAP_CHANGED
 }
 
 /// Talks `file` as one message on the driver's session; a failure comes with the message id
-/// the relay had given, if any.
+/// the relay had given, if any. `handovers` counts the handovers of the run.
 fn send_message(
     driver: &mut Driver,
-    file: &OpusFile,
-    conversation: &ConvName,
-    frame_interval: Option<Duration>,
-    args: &TalkArgs,
+    sending: &Sending<'_>,
     source: &mut RelaySource<'_>,
     out: &mut dyn Write,
+    handovers: &mut u32,
 ) -> Result<(MsgId, u32), (CliError, Option<MsgId>)> {
     let mut state = TalkState {
-        what: format!("talk to {conversation}"),
-        json: args.json,
+        what: format!("talk to {}", sending.conversation),
+        json: sending.args.json,
         announced: false,
         ended: None,
         msg_id: None,
+        handovers_seen: 0,
     };
-    let sending = Sending {
-        file,
-        conversation,
-        frame_interval,
-        args,
-    };
-    match send_frames(driver, &sending, source, out, &mut state) {
+    let result = send_frames(driver, sending, source, out, &mut state);
+    *handovers += state.handovers_seen;
+    match result {
         Ok(()) => match (state.msg_id, state.ended) {
             (Some(msg_id), Some(frame_count)) => Ok((msg_id, frame_count)),
             _ => Err((
@@ -292,6 +300,8 @@ struct TalkState {
     announced: bool,
     ended: Option<u32>,
     msg_id: Option<MsgId>,
+    /// Handovers of this message reported so far (the session's count for the stream).
+    handovers_seen: u32,
 }
 
 /// Waits at most `wait` for one event and handles it; reconnects when the connection broke.
@@ -338,9 +348,16 @@ fn step(
             code,
             about: ErrorSubject::TalkStream(_),
             text,
-        }) => {
-            return Err(CliError::refused(state.what.clone(), code, &text));
-        }
+        }) => match driver.session.talk(STREAM) {
+            // The session hands the message over (it resumes it with backoff): keep going.
+            Some(status) if status.handover_since_us.is_some() => {
+                let msg_id = status.msg_id.map(|id| id.to_string()).unwrap_or_default();
+                let new = status.handovers > state.handovers_seen;
+                state.handovers_seen = status.handovers;
+                report_handover(state.json, new, &msg_id, code, out)?;
+            }
+            _ => return Err(CliError::refused(state.what.clone(), code, &text)),
+        },
         Some(Event::Error {
             code,
             about: ErrorSubject::Connection,
@@ -353,17 +370,27 @@ fn step(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_cut_by_a_lost_owner_or_a_moved_map_are_talked_again() {
-        assert!(restartable(ErrorCode::OWNER_UNAVAILABLE, 1));
-        assert!(restartable(ErrorCode::MAP_CHANGED, 1));
-        assert!(restartable(ErrorCode::MESSAGE_UNAVAILABLE, 2));
-        // Before any reconnect, an unknown message is the caller's mistake, not a loss.
-        assert!(!restartable(ErrorCode::MESSAGE_UNAVAILABLE, 1));
-        assert!(!restartable(ErrorCode::RATE_LIMITED, 2));
+/// Says that the message's owner was lost and the session resumes it on a new owner: a
+/// line per handover in text, a `handover` event (and a `handover_retry` per refused resume)
+/// in JSON.
+fn report_handover(
+    json: bool,
+    new: bool,
+    msg_id: &str,
+    code: ErrorCode,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    if json {
+        let event = if new { "handover" } else { "handover_retry" };
+        let line = serde_json::json!({
+            "event": event, "msg_id": msg_id, "reason": code.to_string(),
+        });
+        writeln!(out, "{line}")?;
+    } else if new {
+        writeln!(out, "handover {msg_id}: resuming on a new owner")?;
     }
+    Ok(())
 }
+
+#[cfg(test)]
+mod tests;
