@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod bystanders;
+pub mod cluster;
 pub mod heard;
 pub mod names;
 pub mod process;
