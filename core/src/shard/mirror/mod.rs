@@ -102,9 +102,14 @@ impl<S: BodyStore> Shard<S> {
         }
     }
 
-    /// Opens the mirror's subscription on `owner` (dropping one on another owner first).
+    /// Opens the mirror's subscription on `owner`. One on another owner is dropped first,
+    /// unless that owner is alive and still feeds messages in progress: it then stays until
+    /// they end (make before break), so a map that moves the conversation while its owner
+    /// lives (a host joins or comes back) cuts nothing.
     fn subscribe_mirror(&mut self, conv_slot: u32, owner: ShardId) {
-        self.unsubscribe_mirror(conv_slot);
+        if !self.retire_mirror_sub(conv_slot, owner) {
+            self.unsubscribe_mirror(conv_slot);
+        }
         let Some(uplink) = self.uplink(owner) else {
             return;
         };
@@ -135,9 +140,94 @@ impl<S: BodyStore> Shard<S> {
         );
     }
 
-    /// Closes the mirror's subscription (if open); its messages stay until a new one says
-    /// which continue.
+    /// Keeps the mirror's subscription on its current owner as a *retired* one when the
+    /// conversation moves to `new_owner` while that owner is in the map and feeds messages
+    /// in progress; true when it did.
+    fn retire_mirror_sub(&mut self, conv_slot: u32, new_owner: ShardId) -> bool {
+        let Some((old, Some(_))) = self
+            .conversations
+            .get(conv_slot)
+            .and_then(|c| c.mirror.as_ref())
+            .map(|m| (m.owner, m.sub))
+        else {
+            return false;
+        };
+        if old == new_owner || !self.cluster.contains(old) || !self.feeds_open(old, conv_slot) {
+            return false;
+        }
+        if let Some(mirror) = self
+            .conversations
+            .get_mut(conv_slot)
+            .and_then(|c| c.mirror.as_mut())
+        {
+            // The (owner, sub) entry stays in `subs`: its events are still heard.
+            mirror.sub = None;
+            mirror.live = false;
+        }
+        true
+    }
+
+    /// Whether `owner` feeds an open message of the conversation in `conv_slot`.
+    fn feeds_open(&self, owner: ShardId, conv_slot: u32) -> bool {
+        self.mirrors.streams.iter().any(|((o, _), slot)| {
+            *o == owner
+                && self
+                    .messages
+                    .get(*slot)
+                    .is_some_and(|m| m.conv == conv_slot && m.phase == MessagePhase::Open)
+        })
+    }
+
+    /// Closes retired subscriptions on `owner` that feed no open message any more.
+    fn release_retired_subs(&mut self, owner: ShardId) {
+        let retired: Vec<(u32, u32)> = self
+            .mirrors
+            .subs
+            .iter()
+            .filter(|((o, _), _)| *o == owner)
+            .map(|((_, sub), conv_slot)| (*sub, *conv_slot))
+            .filter(|(sub, conv_slot)| {
+                self.conversations
+                    .get(*conv_slot)
+                    .and_then(|c| c.mirror.as_ref())
+                    .is_none_or(|m| m.owner != owner || m.sub != Some(*sub))
+            })
+            .collect();
+        for (sub, conv_slot) in retired {
+            if self.feeds_open(owner, conv_slot) {
+                continue;
+            }
+            self.mirrors.subs.remove(&(owner, sub));
+            if let Some(&uplink) = self.mirrors.uplinks.get(&owner) {
+                self.forward(uplink, owner, Request::Unlisten { sub });
+            }
+        }
+        self.drop_idle_uplink(owner);
+    }
+
+    /// Closes the mirror's subscription (if open) and any retired one; its messages stay
+    /// until a new one says which continue.
     fn unsubscribe_mirror(&mut self, conv_slot: u32) {
+        let retired: Vec<(ShardId, u32)> = self
+            .mirrors
+            .subs
+            .iter()
+            .filter(|(_, slot)| **slot == conv_slot)
+            .map(|(key, _)| *key)
+            .filter(|key| {
+                self.conversations
+                    .get(conv_slot)
+                    .and_then(|c| c.mirror.as_ref())
+                    .is_none_or(|m| (m.owner, m.sub) != (key.0, Some(key.1)))
+            })
+            .collect();
+        for (owner, sub) in retired {
+            self.mirrors.subs.remove(&(owner, sub));
+            if let Some(&uplink) = self.mirrors.uplinks.get(&owner) {
+                self.forward(uplink, owner, Request::Unlisten { sub });
+            }
+            self.drop_idle_uplink(owner);
+        }
         let Some(mirror) = self
             .conversations
             .get_mut(conv_slot)
@@ -306,6 +396,7 @@ impl<S: BodyStore> Shard<S> {
                 .conversations
                 .get_mut(slot)
                 .and_then(|c| c.mirror.as_mut())
+                .filter(|m| m.owner == owner)
             {
                 mirror.sub = None;
                 mirror.live = false;
@@ -371,6 +462,7 @@ impl<S: BodyStore> Shard<S> {
                     EndState::Truncated
                 };
                 self.end_mirrored(slot, state);
+                self.release_retired_subs(owner);
             }
             Event::CaughtUp { sub } => {
                 let Some(&conv_slot) = self.mirrors.subs.get(&(owner, sub)) else {

@@ -276,3 +276,47 @@ fn talk_message_on(cluster: &mut Host, talker: Client, name: &str) {
     send(cluster, talker, 1, 0..2);
     end(cluster, talker, 1, 2);
 }
+
+#[test]
+fn a_map_that_moves_a_conversation_while_its_owner_lives_cuts_no_message_in_progress() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    // Host 3 is away: the conversation is host 1's; when host 3 is back it is host 3's.
+    move_map(&mut cluster, &[1, 2], &[1, 2, 3]);
+    let back = one_core_hosts(3, &[1, 2, 3]);
+    let without = one_core_hosts(3, &[1, 2]);
+    let name = (0..10_000)
+        .map(|i| format!("comeback-{i}"))
+        .find(|n| {
+            let id = conv(n).id();
+            without.owner(id).is_some_and(|s| s.host == HostId(1))
+                && back.owner(id).is_some_and(|s| s.host == HostId(3))
+        })
+        .expect("some name moves so");
+    let listener = client_on_host(&mut cluster, 2, 0);
+    cluster.listen(listener, 1, &name, ListenFrom::Live);
+    let talker = client_on_host(&mut cluster, 2, 0);
+    cluster.talk_start(talker, 1, &name);
+    send(&mut cluster, talker, 1, 0..5);
+    let msg = cluster.talk_started(talker, 1);
+    assert_eq!(msg.shard().host, HostId(1));
+
+    // Host 3 comes back: the map moves the conversation while host 1 still talks it.
+    let map = one_core_hosts(4, &[1, 2, 3]);
+    for host in [2, 1, 3] {
+        let i = cluster.index_of(ShardId::new(host, 0));
+        let now = cluster.now_us;
+        cluster.shards[i].set_cluster_map(now, map.clone());
+        cluster.run();
+    }
+    send(&mut cluster, talker, 1, 5..10);
+    end(&mut cluster, talker, 1, 10);
+    cluster.advance_ms(ShardConfig::default().talk_resume_grace_ms * 2);
+    assert_heard_whole(&cluster, listener, msg, 10);
+    // The next message is the new owner's, and heard too.
+    cluster.talk_start(talker, 2, &name);
+    send(&mut cluster, talker, 2, 0..4);
+    end(&mut cluster, talker, 2, 4);
+    let next = cluster.talk_started(talker, 2);
+    assert_eq!(next.shard().host, HostId(3));
+    assert_heard_whole(&cluster, listener, next, 4);
+}
