@@ -57,6 +57,10 @@ impl<S: BodyStore> Shard<S> {
             limits: self.config.session_limits(),
         };
         self.send_event(conn, &event);
+        if self.is_shutting_down() {
+            // It reached a draining relay: send it on at once.
+            self.send_go_away(conn);
+        }
     }
 
     /// Checks the session's grant for `right` on `conv`; on refusal the error is sent (and

@@ -86,7 +86,25 @@ impl<S: BodyStore> Shard<S> {
     /// A routed request: served when the sender's map has this shard's checksum (the same
     /// owners); held when the sender's map is newer (this shard has not applied it yet, and
     /// will within moments), behind any request held before; refused otherwise.
+    /// Only requests that choose an owner (talk start, listen, history) are checked against
+    /// the map: the frames, end and unlisten of a stream or subscription open here belong
+    /// here whatever the map says now (a message goes on to its end where it started). They
+    /// wait only behind a request of their own connection held before them.
     pub(super) fn route_or_park(&mut self, proxy: ConnId, map: MapVersion, request: Request) {
+        if !chooses_owner(&request) {
+            let behind = self.parked.iter().any(|p| p.proxy == proxy);
+            if behind && self.parked.len() < PARKED_REQUESTS_MAX {
+                let until_us = self.now_us.saturating_add(PARKED_WAIT_US);
+                self.parked.push_back(Parked {
+                    proxy,
+                    map,
+                    request,
+                    until_us,
+                });
+                return;
+            }
+            return self.dispatch(proxy, request);
+        }
         let mine = self.map_version();
         if self.parked.is_empty() && map.checksum == mine.checksum {
             return self.dispatch(proxy, request);
@@ -112,7 +130,7 @@ impl<S: BodyStore> Shard<S> {
     pub(super) fn release_parked(&mut self) {
         let mine = self.map_version();
         while let Some(parked) = self.parked.front() {
-            let ready = parked.map.checksum == mine.checksum;
+            let ready = parked.map.checksum == mine.checksum || !chooses_owner(&parked.request);
             let expired = parked.until_us <= self.now_us || parked.map.epoch <= mine.epoch;
             if !ready && !expired {
                 return;
@@ -130,4 +148,12 @@ impl<S: BodyStore> Shard<S> {
             }
         }
     }
+}
+
+/// Whether `request` picks its conversation's owner (and so depends on the map).
+fn chooses_owner(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::TalkStart { .. } | Request::Listen { .. } | Request::History { .. }
+    )
 }

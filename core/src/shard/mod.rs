@@ -32,6 +32,7 @@ pub mod peer_wire;
 mod recovered;
 mod routing;
 mod session;
+mod shutdown;
 mod store;
 mod talk;
 
@@ -44,9 +45,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::ids::{ConvId, MsgId, MsgIdGenerator, ShardId};
 use crate::map::Membership;
-use crate::protocol::{
-    DecodeError, ErrorCode, ErrorSubject, Event, GoAwayReason, Request, write_event,
-};
+use crate::protocol::{DecodeError, ErrorCode, ErrorSubject, Event, Request, write_event};
 use crate::token::{ConvPrefix, Grant, Keyring, Right, Rights, Scope, Subject};
 
 use cluster_map::Parked;
@@ -178,6 +177,9 @@ pub struct Shard<S: BodyStore> {
     pump_queue: Vec<ConnId>,
     wake_at: Option<u64>,
     shutdown_close_at_us: Option<u64>,
+    /// Client addresses of live hosts a draining shard sends its clients to, dealt in turn.
+    shutdown_reconnect_to: Vec<String>,
+    shutdown_reconnect_next: usize,
     now_us: u64,
     tally: ShardTally,
 }
@@ -228,6 +230,8 @@ impl<S: BodyStore> Shard<S> {
             pump_queue: Vec::new(),
             wake_at: None,
             shutdown_close_at_us: None,
+            shutdown_reconnect_to: Vec::new(),
+            shutdown_reconnect_next: 0,
             now_us,
             tally: ShardTally::default(),
         }
@@ -427,94 +431,6 @@ impl<S: BodyStore> Shard<S> {
             }
         }
         self.finish_input();
-    }
-
-    /// Starts draining: every session gets `go_away` (naming no address: any host will do),
-    /// new talk streams and subscriptions are refused (`shutting_down`), open messages end
-    /// truncated, and connections close after `shutdown_linger_ms`. A single host drains
-    /// this way; a cluster host uses [`Shard::begin_shutdown_with`].
-    pub fn begin_shutdown(&mut self, now_us: u64) {
-        self.begin_shutdown_with(now_us, &[]);
-    }
-
-    /// [`Shard::begin_shutdown`] for a host whose clients can go on elsewhere: each session's
-    /// `go_away` names one of `reconnect_to` (`host:port` client addresses of the hosts still
-    /// live), dealt round-robin over the sessions in connection order so the clients spread
-    /// over them. Addresses longer than the protocol allows are skipped; with none left the
-    /// `go_away` names no address. Only the first call counts.
-    pub fn begin_shutdown_with(&mut self, now_us: u64, reconnect_to: &[String]) {
-        self.now_us = now_us;
-        if self.shutdown_close_at_us.is_some() {
-            return;
-        }
-        self.shutdown_close_at_us =
-            Some(now_us.saturating_add(self.config.shutdown_linger_ms * 1000));
-        let mut addresses = reconnect_to
-            .iter()
-            .filter(|addr| addr.len() <= crate::protocol::ADDRESS_LEN_MAX)
-            .cycle();
-        let conns: Vec<ConnId> = self.conn_ids().collect();
-        for conn in conns {
-            if self
-                .session(conn)
-                .is_some_and(|s| s.phase == SessionPhase::Open && s.remote.is_none())
-            {
-                let reconnect_to = addresses.next().cloned().unwrap_or_default();
-                self.send_event(
-                    conn,
-                    &Event::GoAway {
-                        reason: GoAwayReason::DRAINING,
-                        reconnect_to,
-                    },
-                );
-            }
-        }
-        self.release_other_hosts_subscriptions();
-        self.truncate_open_messages(ErrorCode::SHUTTING_DOWN, "the relay is draining");
-        self.wake_at = None;
-        self.finish_input();
-    }
-
-    /// Draining: subscriptions of other hosts' shards (their edges' mirrors, their
-    /// listeners' catch-ups) end with `shutting_down` before the open messages are cut, so
-    /// the mirrors hold those messages for their talkers to resume on the new owner instead
-    /// of hearing them end here.
-    fn release_other_hosts_subscriptions(&mut self) {
-        let host = self.shard.host;
-        let remote: Vec<ConnId> = self
-            .conn_ids()
-            .filter(|c| {
-                self.session(*c)
-                    .and_then(|s| s.remote)
-                    .is_some_and(|(shard, _)| shard.host != host)
-            })
-            .collect();
-        for conn in remote {
-            let subs: Vec<(usize, u32)> = self
-                .session(conn)
-                .map(|s| {
-                    s.subs
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(slot, sub)| sub.as_ref().map(|sub| (slot, sub.sub)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (slot, sub) in subs {
-                self.drop_subscription(conn, slot);
-                self.send_error(
-                    conn,
-                    ErrorCode::SHUTTING_DOWN,
-                    ErrorSubject::Sub(sub),
-                    "the owner host is draining; listen on the new owner",
-                );
-                self.release_route(conn, RouteReleased::Sub(sub), false);
-            }
-        }
-    }
-
-    fn is_shutting_down(&self) -> bool {
-        self.shutdown_close_at_us.is_some()
     }
 
     fn dispatch(&mut self, conn: ConnId, request: Request) {

@@ -320,6 +320,8 @@ impl<S: BodyStore> Shard<S> {
                     ErrorSubject::TalkStream(stream),
                     "the host that owns the conversation is unreachable; resume the message",
                 );
+                // Frames the client sent before it heard this are dropped without a word.
+                self.remember_refused_here(conn, stream);
             }
         }
         self.finish_input();
@@ -365,7 +367,12 @@ impl<S: BodyStore> Shard<S> {
             },
         );
         if let Some(route) = route {
-            self.release_route(proxy, route, false);
+            // Frames already on their way after a refused start are dropped without a word.
+            let refused = matches!(route, RouteReleased::TalkStream(_));
+            if let RouteReleased::TalkStream(stream) = route {
+                self.remember_refused_here(proxy, stream);
+            }
+            self.release_route(proxy, route, refused);
         }
     }
 }

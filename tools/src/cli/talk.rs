@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hark_core::client::ClientSession;
+use hark_core::client::{Backoff, ClientSession, JitterRng};
 use hark_core::protocol::{ErrorCode, ErrorSubject, Event};
 use hark_core::{ConvName, MsgId};
 
@@ -19,6 +19,13 @@ const STREAM: u32 = 1;
 
 /// Times one run talks the file again after the relay lost the open message.
 pub const MESSAGE_RESTARTS_MAX: usize = 3;
+
+/// First pause before a refused start is tried again (µs); it doubles up to
+/// [`START_RETRY_MAX_US`], with full jitter.
+pub const START_RETRY_MIN_US: u64 = 50_000;
+
+/// Longest pause before a refused start is tried again (µs).
+pub const START_RETRY_MAX_US: u64 = 1_000_000;
 
 /// Longest wait for the relay's `talk_ended` after the last frame.
 pub const END_WAIT: Duration = Duration::from_secs(30);
@@ -99,6 +106,12 @@ pub fn talk(
     };
     let mut abandoned = Vec::new();
     let mut handovers = 0;
+    // A start the relay refused before naming the message (its owner is unreachable or
+    // draining, or the map is moving) stored nothing: it is tried again after a pause that
+    // grows with full jitter, for as long as the reconnect patience.
+    let mut start_backoff = Backoff::new(START_RETRY_MIN_US, START_RETRY_MAX_US);
+    let mut jitter = JitterRng::new(u64::from(std::process::id()) ^ now_us());
+    let mut start_deadline: Option<Instant> = None;
     let sending = Sending {
         file: &file,
         conversation: &conversation,
@@ -109,7 +122,27 @@ pub fn talk(
     let (msg_id, frame_count) = loop {
         match send_message(&mut driver, &sending, source, out, &mut handovers) {
             Ok(done) => break done,
-            Err((CliError::Refused { code, .. }, lost))
+            Err((CliError::Refused { code, .. }, None)) if start_retryable(ErrorCode(code)) => {
+                let deadline =
+                    *start_deadline.get_or_insert_with(|| Instant::now() + args.reconnect_patience);
+                let pause = Duration::from_micros(start_backoff.fail(&mut jitter));
+                if Instant::now() + pause > deadline {
+                    return Err(CliError::refused(
+                        format!("talk to {conversation}"),
+                        ErrorCode(code),
+                        "no relay took the message within the reconnect patience",
+                    ));
+                }
+                if args.json {
+                    let line = serde_json::json!({
+                        "event": "start_retry", "reason": ErrorCode(code).to_string(),
+                        "pause_ms": pause.as_millis() as u64,
+                    });
+                    writeln!(out, "{line}")?;
+                }
+                std::thread::sleep(pause);
+            }
+            Err((CliError::Refused { code, text, .. }, lost))
                 if restartable(ErrorCode(code), driver.connections() > 1 || handovers > 0)
                     && abandoned.len() < MESSAGE_RESTARTS_MAX =>
             {
@@ -122,6 +155,7 @@ pub fn talk(
                 if args.json {
                     let line = serde_json::json!({
                         "event": "restarted", "abandoned_msg_id": lost, "reason": ErrorCode(code).to_string(),
+                        "detail": text,
                     });
                     writeln!(out, "{line}")?;
                 } else {
@@ -167,6 +201,14 @@ pub fn talk(
 /// is the caller's mistake); no new owner took it within the handover patience, or it had no
 /// id to hand over yet (`owner_unavailable`); the map moved it before it had an id
 /// (`map_changed`).
+/// Whether a start refused before the message had an id is tried again: its owner is
+/// unreachable or drains, or the map moves (all pass within seconds).
+fn start_retryable(code: ErrorCode) -> bool {
+    code == ErrorCode::OWNER_UNAVAILABLE
+        || code == ErrorCode::MAP_CHANGED
+        || code == ErrorCode::SHUTTING_DOWN
+}
+
 fn restartable(code: ErrorCode, resumed: bool) -> bool {
     (code == ErrorCode::MESSAGE_UNAVAILABLE && resumed)
         || code == ErrorCode::OWNER_UNAVAILABLE

@@ -293,6 +293,9 @@ fn a_talker_on_another_host_hears_owner_unavailable_when_the_owner_dies_and_talk
     }
     cluster.run();
     assert_eq!(cluster.errors(talker), vec![ErrorCode::OWNER_UNAVAILABLE]);
+    // Frames the talker sent before it heard so are dropped without another error.
+    cluster.frame(talker, 1, 4, &[4; 40]);
+    assert_eq!(cluster.errors(talker), vec![ErrorCode::OWNER_UNAVAILABLE]);
     let survivors = one_core_hosts(3, &[2, 3]);
     for host in [2, 3] {
         let i = cluster.index_of(ShardId::new(host, 0));
@@ -380,6 +383,40 @@ fn a_request_under_an_older_map_is_refused_with_map_changed() {
     let talker = client_on_host(&mut cluster, 1, 0);
     cluster.talk_start(talker, 1, &name);
     assert_eq!(cluster.errors(talker), vec![ErrorCode::MAP_CHANGED]);
+}
+
+#[test]
+fn a_message_in_progress_goes_on_when_its_owner_applies_a_newer_map_first() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 2, 1);
+    let name = owned_by_host(&cluster, 2);
+    let talker = client_on_host(&mut cluster, 1, 0);
+    cluster.talk_start(talker, 1, &name);
+    for seq in 0..3 {
+        cluster.frame(talker, 1, seq, &[seq as u8; 40]);
+    }
+    // The owner moves on to a newer map; the talker's host still routes by the old one.
+    let host2 = cluster.index_of(ShardId::new(2, 0));
+    let now = cluster.now_us;
+    cluster.shards[host2].set_cluster_map(now, one_core_hosts(9, &[1, 2, 4]));
+    cluster.run();
+    for seq in 3..6 {
+        cluster.frame(talker, 1, seq, &[seq as u8; 40]);
+    }
+    cluster.request(
+        talker,
+        Request::TalkEnd {
+            stream: 1,
+            frame_count: 6,
+        },
+    );
+    cluster.commit();
+    assert_eq!(cluster.errors(talker), vec![], "frames are not map-checked");
+    assert!(
+        cluster
+            .events(talker)
+            .iter()
+            .any(|e| matches!(e, Event::TalkEnded { frame_count: 6, .. }))
+    );
 }
 
 #[test]

@@ -360,6 +360,27 @@ fn a_cluster_drain_deals_the_live_hosts_round_robin_in_go_aways() {
 }
 
 #[test]
+fn a_client_that_says_hello_to_a_draining_relay_is_sent_on_at_once() {
+    let mut host = Host::new(ShardConfig::default());
+    let live = ["10.0.0.1:7400".to_owned(), "10.0.0.2:7400".to_owned()];
+    host.shards[0].begin_shutdown_with(host.now_us, &live);
+    host.run();
+    let late = host.client();
+    let events = host.events(late);
+    assert!(
+        matches!(events.first(), Some(Event::HelloAccepted { .. })),
+        "{events:?}"
+    );
+    assert!(
+        matches!(
+            events.get(1),
+            Some(Event::GoAway { reconnect_to, .. }) if reconnect_to == "10.0.0.1:7400"
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn a_single_host_drain_names_no_address() {
     let mut host = Host::new(ShardConfig::default());
     let c = host.client();

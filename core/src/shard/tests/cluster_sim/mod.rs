@@ -119,10 +119,24 @@ fn clients_step(world: &mut World, spawn: bool) {
         }
         if world.clients[c].broken || world.clients[c].at.is_none() {
             let talker = matches!(world.clients[c].role, Role::Talker(_));
+            // A talker whose connection broke mid-message reconnects to a live host and
+            // resumes it there (the client library's reconnect); one the relay cut gives up.
+            let resumable = !world.clients[c].broken
+                && matches!(&world.clients[c].role, Role::Talker(t) if t.msg.is_some() && !t.ended);
             world.hang_up(c);
             if spawn && talker {
                 if let Some(h) = random_live(world) {
-                    let role = new_talker(world, 1);
+                    let role = if resumable {
+                        let placeholder = new_talker(world, 1);
+                        let mut role = std::mem::replace(&mut world.clients[c].role, placeholder);
+                        if let Role::Talker(t) = &mut role {
+                            t.resume_at = Some(world.now_us);
+                            t.resuming = false;
+                        }
+                        role
+                    } else {
+                        new_talker(world, 1)
+                    };
                     world.connect(h, role);
                 }
             } else if spawn {

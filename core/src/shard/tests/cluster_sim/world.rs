@@ -14,7 +14,7 @@ use super::net::{self, Net, host_index};
 use crate::cluster::{ClusterConfig, ClusterNode, ClusterOutput, HostCard};
 use crate::ids::{HostId, MsgId, ShardId};
 use crate::map::{HostSpec, Membership};
-use crate::protocol::{Decoder, Event, Request};
+use crate::protocol::{Decoder, ErrorCode, Event, Request};
 use crate::shard::tests::{T0_US, conv, full_token, keyring};
 use crate::shard::{
     Action, BodyStore, MemoryStore, MessageState, Opened, Shard, ShardConfig, TimelineFrom,
@@ -380,6 +380,15 @@ impl World {
                             talk.ended = true;
                         }
                         _ => {}
+                    }
+                    if let Event::Error { code, text, .. } = &event {
+                        // The talker sends every frame once and in order, on handles the relay
+                        // opened: these would be the relay losing or misrouting frames.
+                        assert!(
+                            *code != ErrorCode::SEQ_GAP && *code != ErrorCode::UNKNOWN_STREAM,
+                            "talker {} got {code}: {text}",
+                            client.id
+                        );
                     }
                     if asks_handover(&event, talk.stream)
                         && talk.msg.is_some()
