@@ -50,7 +50,13 @@ impl<S: BodyStore> Shard<S> {
             self.remember_refused(conn, stream);
             return;
         }
-        let owner = self.owner_of(conversation.id());
+        // A resume goes where its message is open: the shard that started it while that
+        // shard is in the map (the map may have moved the conversation since); else the
+        // conversation's owner, which takes the message over.
+        let owner = match resume {
+            Some(msg) if self.cluster.contains(msg.shard()) => msg.shard(),
+            _ => self.owner_of(conversation.id()),
+        };
         if owner != self.shard {
             let request = Request::TalkStart {
                 stream,

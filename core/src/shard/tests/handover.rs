@@ -320,3 +320,33 @@ fn a_map_that_moves_a_conversation_while_its_owner_lives_cuts_no_message_in_prog
     assert_eq!(next.shard().host, HostId(3));
     assert_heard_whole(&cluster, listener, next, 4);
 }
+
+#[test]
+fn a_resume_goes_to_the_shard_the_message_is_open_on_after_the_map_moved_the_conversation() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    move_map(&mut cluster, &[1, 2], &[1, 2, 3]);
+    let back = one_core_hosts(3, &[1, 2, 3]);
+    let without = one_core_hosts(3, &[1, 2]);
+    let name = (0..10_000)
+        .map(|i| format!("resume-home-{i}"))
+        .find(|n| {
+            let id = conv(n).id();
+            without.owner(id).is_some_and(|s| s.host == HostId(1))
+                && back.owner(id).is_some_and(|s| s.host == HostId(3))
+        })
+        .expect("some name moves so");
+    let talker = client_on_host(&mut cluster, 2, 0);
+    cluster.talk_start(talker, 1, &name);
+    send(&mut cluster, talker, 1, 0..5);
+    let msg = cluster.talk_started(talker, 1);
+    // Host 3 is back and owns the conversation; the message is still open on host 1.
+    move_map(&mut cluster, &[1, 2, 3], &[1, 2, 3]);
+    cluster.hang_up(talker);
+    let again = client_on_host(&mut cluster, 3, 0);
+    resume(&mut cluster, again, 1, &name, msg);
+    assert_eq!(next_seq(&cluster, again, 1), 5, "resumed where it is open");
+    send(&mut cluster, again, 1, 5..8);
+    end(&mut cluster, again, 1, 8);
+    assert_eq!(stored(&cluster, 1, msg).map(|h| h.frame_count), Some(8));
+    assert_eq!(stored(&cluster, 3, msg), None, "not taken over");
+}

@@ -378,6 +378,14 @@ impl Host {
         }
     }
 
+    /// The client's connection closes (it hung up or its network broke).
+    pub fn hang_up(&mut self, client: Client) {
+        if let Some((shard, conn)) = self.location.remove(&client) {
+            self.shards[shard].connection_closed(self.now_us, conn);
+            self.run();
+        }
+    }
+
     /// Stops holding messages between hosts and delivers the held ones in order.
     pub fn release_held(&mut self) {
         self.hold_cross_host = false;
