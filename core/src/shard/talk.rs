@@ -379,7 +379,10 @@ impl<S: BodyStore> Shard<S> {
         {
             session.talks.swap_remove(i);
         }
-        self.release_route(conn, RouteReleased::TalkStream(stream), false);
+        // Frames the client sent before it heard the error are dropped without a word, here
+        // and on the shard that holds its connection.
+        self.remember_refused_here(conn, stream);
+        self.release_route(conn, RouteReleased::TalkStream(stream), true);
         if let Some(m) = self.messages.get_mut(slot) {
             m.talker = Talker::Gone;
         }

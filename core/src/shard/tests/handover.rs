@@ -350,3 +350,20 @@ fn a_resume_goes_to_the_shard_the_message_is_open_on_after_the_map_moved_the_con
     assert_eq!(stored(&cluster, 1, msg).map(|h| h.frame_count), Some(8));
     assert_eq!(stored(&cluster, 3, msg), None, "not taken over");
 }
+
+#[test]
+fn frames_in_flight_after_the_owner_cut_the_stream_are_dropped_without_another_error() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let name = moving_name(&cluster, 1, 2);
+    let talker = client_on_host(&mut cluster, 3, 0);
+    cluster.talk_start(talker, 1, &name);
+    send(&mut cluster, talker, 1, 0..3);
+    let i = cluster.index_of(ShardId::new(1, 0));
+    let now = cluster.now_us;
+    cluster.shards[i].begin_shutdown_with(now, &["127.0.0.2:7000".into()]);
+    cluster.run();
+    assert_eq!(cluster.errors(talker), vec![ErrorCode::SHUTTING_DOWN]);
+    // Sent before the talker heard it.
+    send(&mut cluster, talker, 1, 3..5);
+    assert_eq!(cluster.errors(talker), vec![ErrorCode::SHUTTING_DOWN]);
+}
