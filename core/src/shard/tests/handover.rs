@@ -367,3 +367,27 @@ fn frames_in_flight_after_the_owner_cut_the_stream_are_dropped_without_another_e
     send(&mut cluster, talker, 1, 3..5);
     assert_eq!(cluster.errors(talker), vec![ErrorCode::SHUTTING_DOWN]);
 }
+
+#[test]
+fn a_talker_whose_own_host_drains_resumes_its_message_through_another_host() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
+    let name = moving_name(&cluster, 3, 1);
+    let talker = client_on_host(&mut cluster, 2, 0);
+    cluster.talk_start(talker, 1, &name);
+    send(&mut cluster, talker, 1, 0..4);
+    cluster.commit();
+    let msg = cluster.talk_started(talker, 1);
+    assert_eq!(msg.shard().host, HostId(3));
+    // Host 2 leaves the map and drains; its connections close after the linger.
+    move_map(&mut cluster, &[1, 3], &[2]);
+    let i = cluster.index_of(ShardId::new(2, 0));
+    let now = cluster.now_us;
+    cluster.shards[i].begin_shutdown_with(now, &["127.0.0.1:7000".into()]);
+    cluster.run();
+    move_map(&mut cluster, &[1, 3], &[1, 3]);
+    cluster.advance_ms(ShardConfig::default().shutdown_linger_ms + 100);
+    let again = client_on_host(&mut cluster, 1, 0);
+    resume(&mut cluster, again, 1, &name, msg);
+    assert_eq!(cluster.errors(again), vec![], "{:?}", cluster.events(again));
+    assert_eq!(next_seq(&cluster, again, 1), 4);
+}

@@ -15,6 +15,9 @@ pub(super) type Location = (usize, usize, ConnId);
 
 /// A talker: one message at a time on a fresh stream handle.
 pub(super) struct Talker {
+    /// Whose voice: names the codec and the payloads (the first client's id; a talker that
+    /// reconnects keeps it).
+    pub voice: Option<u32>,
     pub conv: usize,
     pub stream: u32,
     pub started: bool,

@@ -3,7 +3,8 @@
 //!
 //! Each seed runs 2–4 hosts of 1–2 shards with talkers and listeners on random hosts
 //! through a chaos phase (membership datagrams lost, delayed and reordered; partitions that
-//! heal; crashes and restarts with the same durable stores; group commits at random points),
+//! heal; crashes, drains and restarts with the same durable stores; group commits at random
+//! points; talkers that reconnect and resume, or resume on a new owner),
 //! then heals everything and checks:
 //! 1. every frame a talker got `stored` for is replayable from the store of the shard its
 //!    `MsgId` names or of one that took the message over when its talker resumed it after
@@ -24,7 +25,7 @@ mod world;
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
-use clients::{Ear, Listener, Role, Talker, codec_of};
+use clients::{Ear, HANDOVER_ATTEMPTS_MAX, Listener, Role, Talker, codec_of};
 use world::World;
 
 use crate::ids::MsgId;
@@ -57,6 +58,7 @@ fn new_talker(world: &mut World, stream: u32) -> Role {
     let conv = world.below(world.convs.len() as u64) as usize;
     let frames = 1 + world.below(FRAMES_MAX) as u32;
     Role::Talker(Talker {
+        voice: None,
         conv,
         stream,
         started: false,
@@ -121,8 +123,10 @@ fn clients_step(world: &mut World, spawn: bool) {
             let talker = matches!(world.clients[c].role, Role::Talker(_));
             // A talker whose connection broke mid-message reconnects to a live host and
             // resumes it there (the client library's reconnect); one the relay cut gives up.
-            let resumable = !world.clients[c].broken
-                && matches!(&world.clients[c].role, Role::Talker(t) if t.msg.is_some() && !t.ended);
+            let resumable = matches!(
+                &world.clients[c].role,
+                Role::Talker(t) if t.msg.is_some() && !t.ended && t.handovers < HANDOVER_ATTEMPTS_MAX
+            );
             world.hang_up(c);
             if spawn && talker {
                 if let Some(h) = random_live(world) {
@@ -132,6 +136,7 @@ fn clients_step(world: &mut World, spawn: bool) {
                         if let Role::Talker(t) = &mut role {
                             t.resume_at = Some(world.now_us);
                             t.resuming = false;
+                            t.handovers += 1;
                         }
                         role
                     } else {
@@ -159,6 +164,7 @@ fn talk_step(world: &mut World, c: usize, more: bool) {
         return;
     };
     let stream = talk.stream;
+    let id = *talk.voice.get_or_insert(id);
     let now = world.now_us;
     if talk.resuming || talk.resume_at.is_some_and(|at| at > now) {
         return;
@@ -297,6 +303,7 @@ fn tick(world: &mut World, spawn: bool) {
     check_stored(world, false);
     let until = world.now_us + QUANTUM_US;
     world.run_until(until);
+    world.stop_drained();
 }
 
 fn chaos(world: &mut World) {
@@ -312,7 +319,18 @@ fn chaos(world: &mut World) {
 }
 
 fn chaos_event(world: &mut World) {
-    match world.below(7) {
+    match world.below(8) {
+        7 => {
+            let live: Vec<usize> = world
+                .live()
+                .into_iter()
+                .filter(|h| world.hosts[*h].stops_at_us.is_none())
+                .collect();
+            if live.len() > 1 {
+                let victim = live[world.below(live.len() as u64) as usize];
+                world.drain(victim);
+            }
+        }
         0 => {
             world.net.weather = net::Weather {
                 loss_per_mille: world.below(300),
@@ -376,6 +394,9 @@ fn run_seed(seed: u64) -> u32 {
     world.net.weather = net::HEALTHY;
     world.net.side = None;
     for h in 0..world.hosts.len() {
+        if world.hosts[h].stops_at_us.take().is_some() {
+            world.crash(h);
+        }
         if world.hosts[h].node.is_none() {
             world.boot(h);
         }
@@ -421,6 +442,7 @@ fn final_talk(world: &mut World) {
             world.connect(
                 h,
                 Role::Talker(Talker {
+                    voice: None,
                     conv: conv_index,
                     stream: 1,
                     started: false,

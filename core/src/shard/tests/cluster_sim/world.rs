@@ -41,6 +41,8 @@ pub(super) struct SimHost {
     /// Hosts in this host's newest map: peer links reach only those.
     pub map_hosts: BTreeSet<HostId>,
     pub boots: u64,
+    /// Draining: the host stops (as a crash that loses nothing) at this time.
+    pub stops_at_us: Option<u64>,
 }
 
 pub(super) struct World {
@@ -75,6 +77,7 @@ impl World {
                     saved: (0..cores).map(|_| MemoryStore::default()).collect(),
                     wakes: Vec::new(),
                     map_hosts: BTreeSet::new(),
+                    stops_at_us: None,
                     boots: 0,
                 }
             })
@@ -179,9 +182,46 @@ impl World {
         self.settle();
     }
 
+    /// Host `h` drains: it leaves the cluster, its shards take the map without it and tell
+    /// their clients to go to the live hosts, and it stops after the shutdown linger.
+    pub fn drain(&mut self, h: usize) {
+        let now = self.now_us;
+        trace(now, || format!("drain host {h}"));
+        let Some(node) = self.hosts[h].node.as_mut() else {
+            return;
+        };
+        node.leave(now);
+        self.drain_node(h);
+        let live: Vec<String> = self
+            .live()
+            .into_iter()
+            .filter(|o| *o != h)
+            .map(|o| net::client_addr(o).to_string())
+            .collect();
+        for shard in &mut self.hosts[h].shards {
+            shard.begin_shutdown_with(now, &live);
+        }
+        self.hosts[h].stops_at_us = Some(now + self.config.shutdown_linger_ms * 1000);
+        self.settle();
+    }
+
+    /// Stops the drained hosts whose linger has passed.
+    pub fn stop_drained(&mut self) {
+        let now = self.now_us;
+        for h in 0..self.hosts.len() {
+            if self.hosts[h].stops_at_us.is_some_and(|at| at <= now) {
+                self.hosts[h].stops_at_us = None;
+                self.crash(h);
+            }
+        }
+    }
+
     /// Host `h` vanishes: shards and node gone, clients there see their connection close,
     /// its peer links break. The stores survive (they are durable).
     pub fn crash(&mut self, h: usize) {
+        if self.hosts[h].shards.is_empty() {
+            return; // down already (a drained host that crashed before it stopped)
+        }
         trace(self.now_us, || format!("crash host {h}"));
         let host = &mut self.hosts[h];
         host.node = None;
@@ -373,7 +413,8 @@ impl World {
                             frames_stored,
                         } if *stream == talk.stream => {
                             let msg = talk.msg.expect("stored after talk_started");
-                            let entry = self.acked.entry(msg).or_insert((0, client.id));
+                            let voice = talk.voice.unwrap_or(client.id);
+                            let entry = self.acked.entry(msg).or_insert((0, voice));
                             entry.0 = entry.0.max(*frames_stored);
                         }
                         Event::TalkEnded { stream, .. } if *stream == talk.stream => {
