@@ -56,19 +56,20 @@ impl<S: BodyStore> Shard<S> {
     ) {
         let held = self.msg_by_id.get(&msg).copied();
         if let Some(slot) = held {
-            let adoptable = self.messages.get(slot).is_some_and(|m| {
-                m.conv == conv_slot
-                    && m.talker == Talker::Mirror
-                    && m.phase == MessagePhase::Open
-                    && m.tail_first_seq() == 0
-            }) && self
+            let mirrored = self
                 .conversations
                 .get(conv_slot)
-                .is_some_and(|c| c.mirror.is_none());
-            if adoptable {
-                return self.adopt_mirrored(conn, stream, slot);
-            }
-            let (code, text) = self.unavailable(msg, "is not open for a resume");
+                .is_some_and(|c| c.mirror.is_some());
+            let why = match self.messages.get(slot) {
+                None => "is not open for a resume",
+                Some(m) if m.conv != conv_slot => "belongs to another conversation",
+                Some(m) if m.phase != MessagePhase::Open => "has ended",
+                Some(m) if m.talker != Talker::Mirror => "is open here for another talker",
+                Some(m) if m.tail_first_seq() != 0 => "is held here without its first frames",
+                Some(_) if mirrored => "is owned by another host here",
+                Some(_) => return self.adopt_mirrored(conn, stream, slot),
+            };
+            let (code, text) = self.unavailable(msg, why);
             return self.refuse_talk(conn, stream, code, &text);
         }
         if self

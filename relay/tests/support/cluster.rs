@@ -32,6 +32,8 @@ pub const POLL: Duration = Duration::from_millis(20);
 pub struct Cluster {
     pub hosts: Vec<RelayProcess>,
     secret_dir: TempDir,
+    /// Flags every host gets beyond the cluster's own.
+    extra: Vec<String>,
 }
 
 pub fn write_secret(dir: &Path) -> PathBuf {
@@ -51,7 +53,7 @@ pub fn host_ip(host: u16) -> IpAddr {
     IpAddr::from([127, 0, 0, host as u8])
 }
 
-pub fn host_args(host: u16, secret: &Path, seeds: Option<String>) -> Vec<String> {
+pub fn host_args(host: u16, secret: &Path, seeds: Option<String>, extra: &[String]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--host-id",
         &host.to_string(),
@@ -73,11 +75,17 @@ pub fn host_args(host: u16, secret: &Path, seeds: Option<String>) -> Vec<String>
             .chain(QUICK_COMMITS)
             .map(|s| (*s).to_owned()),
     );
+    args.extend(extra.iter().cloned());
     args
 }
 
-pub fn start_host(host: u16, secret: &Path, seeds: Option<String>) -> RelayProcess {
-    let args = host_args(host, secret, seeds);
+pub fn start_host(
+    host: u16,
+    secret: &Path,
+    seeds: Option<String>,
+    extra: &[String],
+) -> RelayProcess {
+    let args = host_args(host, secret, seeds, extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     RelayProcess::start_with(
         &args,
@@ -90,15 +98,25 @@ pub fn start_host(host: u16, secret: &Path, seeds: Option<String>) -> RelayProce
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Self::start_with(&[])
+    }
+
+    /// [`Cluster::start`] with more flags for every host (kept for restarts).
+    pub fn start_with(extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let secret_dir = tempfile::tempdir().expect("a temp dir for the secret");
         let secret = write_secret(secret_dir.path());
-        let first = start_host(1, &secret, None);
+        let first = start_host(1, &secret, None, &extra);
         let seed = first.cluster_addr().to_string();
         let mut hosts = vec![first];
         for host in [2, 3] {
-            hosts.push(start_host(host, &secret, Some(seed.clone())));
+            hosts.push(start_host(host, &secret, Some(seed.clone()), &extra));
         }
-        let cluster = Cluster { hosts, secret_dir };
+        let cluster = Cluster {
+            hosts,
+            secret_dir,
+            extra,
+        };
         cluster.wait_converged(&[1, 2, 3]);
         cluster
     }
@@ -114,7 +132,7 @@ impl Cluster {
     pub fn restart_host(&mut self, host: u16, seed: u16) {
         let seeds = self.host(seed).cluster_addr().to_string();
         let secret = self.secret_dir.path().join("secret");
-        let args = host_args(host, &secret, Some(seeds));
+        let args = host_args(host, &secret, Some(seeds), &self.extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.hosts[usize::from(host - 1)].restart_with(&args);
     }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hark_core::client::{ClientSession, MESSAGE_STREAMS_MAX};
-use hark_core::protocol::{ErrorSubject, Event, ListenFrom, MessageOutcome};
+use hark_core::client::{Backoff, ClientSession, JitterRng, MESSAGE_STREAMS_MAX};
+use hark_core::protocol::{ErrorCode, ErrorSubject, Event, ListenFrom, MessageOutcome};
 use hark_core::{ConvName, MsgId};
 
 use super::conn::{Driver, RelaySource, now_us, reconnect};
@@ -20,6 +20,22 @@ const SUB: u32 = 1;
 
 /// How often the loop looks at Ctrl-C and the idle clock while no event comes.
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// First pause before listening again after the relay ended the subscription because the
+/// conversation's owner is unreachable, drains or moved (µs); doubles up to
+/// [`RELISTEN_MAX_US`] with full jitter, for as long as the reconnect patience.
+pub const RELISTEN_MIN_US: u64 = 50_000;
+
+/// Longest pause before listening again (µs).
+pub const RELISTEN_MAX_US: u64 = 1_000_000;
+
+/// Whether a subscription the relay ended is listened to again: its owner is unreachable
+/// or drains, or the map moved it (all pass within seconds).
+fn relistenable(code: ErrorCode) -> bool {
+    code == ErrorCode::OWNER_UNAVAILABLE
+        || code == ErrorCode::MAP_CHANGED
+        || code == ErrorCode::SHUTTING_DOWN
+}
 
 /// What `hark listen` needs.
 #[derive(Debug, Clone)]
@@ -122,6 +138,9 @@ pub fn listen(
     let mut open: BTreeMap<u32, OpenFile> = BTreeMap::new();
     let mut done = Vec::new();
     let mut last_event = Instant::now();
+    let mut relisten = Backoff::new(RELISTEN_MIN_US, RELISTEN_MAX_US);
+    let mut jitter = JitterRng::new(u64::from(std::process::id()) ^ now_us());
+    let mut relisten_deadline: Option<Instant> = None;
     let result = (|| -> Result<(), CliError> {
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -169,8 +188,12 @@ pub fn listen(
                         writeln!(out, "listening to {conversation}")?;
                     }
                 }
-                Event::CaughtUp { .. } if args.json => {
-                    writeln!(out, "{}", serde_json::json!({"event": "caught_up"}))?;
+                Event::CaughtUp { .. } => {
+                    relisten.reset();
+                    relisten_deadline = None;
+                    if args.json {
+                        writeln!(out, "{}", serde_json::json!({"event": "caught_up"}))?;
+                    }
                 }
                 Event::MessageStarted {
                     stream,
@@ -250,6 +273,30 @@ pub fn listen(
                         frames: file.next_seq,
                         complete,
                     });
+                }
+                Event::Error {
+                    code,
+                    about: ErrorSubject::Sub(_),
+                    text,
+                } if relistenable(code) => {
+                    // Listen again where this subscription left off (a reconnect resumes
+                    // every subscription from its oldest unfinished message).
+                    let deadline = *relisten_deadline
+                        .get_or_insert_with(|| Instant::now() + args.reconnect_patience);
+                    let pause = Duration::from_micros(relisten.fail(&mut jitter));
+                    if Instant::now() + pause > deadline {
+                        return Err(CliError::refused(what.clone(), code, &text));
+                    }
+                    if args.json {
+                        let line = serde_json::json!({
+                            "event": "relisten", "reason": code.to_string(),
+                            "pause_ms": pause.as_millis() as u64,
+                        });
+                        writeln!(out, "{line}")?;
+                    }
+                    std::thread::sleep(pause);
+                    reconnect(&mut driver, source, args.reconnect_patience)?
+                        .report(args.json, out)?;
                 }
                 Event::Error {
                     code,

@@ -4,6 +4,7 @@
 
 use super::cluster::{assert_heard_whole, client_on_host, one_core_hosts};
 use super::*;
+use crate::map::{HostSpec, Membership};
 use crate::protocol::MessageOutcome;
 use crate::shard::{BodyStore, EndState, MessageHeader, MessageState};
 
@@ -390,4 +391,57 @@ fn a_talker_whose_own_host_drains_resumes_its_message_through_another_host() {
     resume(&mut cluster, again, 1, &name, msg);
     assert_eq!(cluster.errors(again), vec![], "{:?}", cluster.events(again));
     assert_eq!(next_seq(&cluster, again, 1), 4);
+}
+
+#[test]
+fn a_talker_whose_own_host_drains_resumes_through_another_host_with_two_cores_each() {
+    let mut cluster = Host::cluster(ShardConfig::default(), 3, 2);
+    let map_of = |hosts: &[u16]| {
+        Membership::from_hosts(
+            5,
+            hosts.iter().map(|&host| HostSpec {
+                host: HostId(host),
+                cores: vec![0, 1],
+                weight_per_core: 1,
+            }),
+        )
+        .unwrap()
+    };
+    let name = (0..10_000)
+        .map(|i| format!("two-core-{i}"))
+        .find(|n| cluster.shards[0].owner_of(conv(n).id()).host == HostId(3))
+        .expect("a name host 3 owns");
+    for core in 0..2 {
+        let talker = client_on_host(&mut cluster, 2, core);
+        cluster.talk_start(talker, 1, &name);
+        send(&mut cluster, talker, 1, 0..4);
+        cluster.commit();
+        let msg = cluster.talk_started(talker, 1);
+        // Host 2 leaves and drains on both cores; the others hear it later.
+        for c in 0..2 {
+            let i = cluster.index_of(ShardId::new(2, c));
+            let now = cluster.now_us;
+            cluster.shards[i].set_cluster_map(now, map_of(&[1, 3]));
+            cluster.shards[i].begin_shutdown_with(now, &["127.0.0.1:7000".into()]);
+        }
+        cluster.run();
+        send(&mut cluster, talker, 1, 4..6);
+        for (host, c) in [(1, 0), (1, 1), (3, 0), (3, 1)] {
+            let i = cluster.index_of(ShardId::new(host, c));
+            let now = cluster.now_us;
+            cluster.shards[i].set_cluster_map(now, map_of(&[1, 3]));
+        }
+        cluster.run();
+        cluster.advance_ms(ShardConfig::default().shutdown_linger_ms + 100);
+        let again = client_on_host(&mut cluster, 1, 1 - core);
+        resume(&mut cluster, again, 1, &name, msg);
+        assert_eq!(cluster.errors(again), vec![], "{:?}", cluster.events(again));
+        let from = next_seq(&cluster, again, 1);
+        assert!(from <= 6, "{from}");
+        send(&mut cluster, again, 1, from..9);
+        end(&mut cluster, again, 1, 9);
+        assert_eq!(cluster.errors(again), vec![]);
+        // The next round starts from a cluster with host 2 back.
+        cluster = Host::cluster(ShardConfig::default(), 3, 2);
+    }
 }
