@@ -415,6 +415,15 @@ impl ClientSession {
                     self.talks.remove(&stream);
                 }
             }
+            // The relay ended the subscription because its owner is unreachable, drains or
+            // moved: it stays, to be listened to again (a reconnect does) from where it left
+            // off. Any other error refuses a listen not yet `listening`.
+            ErrorSubject::Sub(sub) if HANDOVER_CODES.contains(&code) => {
+                if let Some(status) = self.subs.get_mut(&sub) {
+                    status.listening = false;
+                    status.caught_up = false;
+                }
+            }
             ErrorSubject::Sub(sub) => {
                 if self.subs.get(&sub).is_some_and(|status| !status.listening) {
                     self.subs.remove(&sub);

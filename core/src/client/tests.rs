@@ -561,3 +561,49 @@ fn errors_free_the_handles_they_concern() {
     assert!(session.subscription(2).is_none());
     session.history(3, conv(), 0, 5, 0, &mut out).unwrap();
 }
+
+#[test]
+fn a_subscription_the_relay_ended_for_a_lost_owner_is_listened_to_again_on_reconnect() {
+    let mut session = ClientSession::new(Bytes::new(), "t");
+    let mut out = BytesMut::new();
+    session.connect(0, &mut out).unwrap();
+    session
+        .listen(2, conv(), ListenFrom::Live, 0, &mut out)
+        .unwrap();
+    deliver(&mut session, &hello_accepted(500), &mut out);
+    // The new connection's listen is refused before `listening`: the owner is unreachable.
+    session.connect(0, &mut out).unwrap();
+    out.clear();
+    deliver(
+        &mut session,
+        &Event::Error {
+            code: ErrorCode::OWNER_UNAVAILABLE,
+            about: ErrorSubject::Sub(2),
+            text: "the owner is unreachable".into(),
+        },
+        &mut out,
+    );
+    session.connect(0, &mut out).unwrap();
+    let sent = requests(&mut out);
+    assert_eq!(
+        sent[1],
+        Request::Listen {
+            sub: 2,
+            conversation: conv(),
+            from: ListenFrom::Since(500)
+        }
+    );
+    // Another refusal of a listen not yet `listening` drops it.
+    out.clear();
+    deliver(
+        &mut session,
+        &Event::Error {
+            code: ErrorCode::TOO_MANY_CONVERSATIONS,
+            about: ErrorSubject::Sub(2),
+            text: "full".into(),
+        },
+        &mut out,
+    );
+    session.connect(0, &mut out).unwrap();
+    assert_eq!(requests(&mut out).len(), 1, "only the hello");
+}
