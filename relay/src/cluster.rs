@@ -27,6 +27,9 @@ use crate::runtime::now_us;
 
 /// Longest the thread sleeps between looks at its command channel.
 const COMMAND_POLL: Duration = Duration::from_millis(50);
+
+/// How long a drain waits for the membership thread to send its leave.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(1);
 /// Largest datagram read (foca's are at most `datagram_bytes_max`, ≤ 1400).
 const DATAGRAM_BUF_BYTES: usize = 2048;
 
@@ -57,8 +60,9 @@ impl MapBoard {
 /// What the relay asks of the membership thread.
 #[derive(Debug)]
 enum Command {
-    /// Leave the map (drain): other hosts take this host's conversations.
-    Leave,
+    /// Leave the map (drain): other hosts take this host's conversations. The sender hears
+    /// back once the leave datagrams are sent.
+    Leave(std::sync::mpsc::SyncSender<()>),
     /// Stop the thread.
     Stop,
 }
@@ -116,8 +120,15 @@ impl Membership {
 
     /// Leaves the map: every host (this one included) moves this host's conversations to
     /// their fallback shards.
+    ///
+    /// Waits (at most [`LEAVE_WAIT`]) until the leave is on the wire, so a host that drains
+    /// and exits at once has told the others first; else they would only notice it gone by
+    /// failure detection, and its clients' resumes would meet a map still naming it.
     pub fn leave(&self) {
-        let _ = self.commands.send(Command::Leave);
+        let (done, sent) = std::sync::mpsc::sync_channel(1);
+        if self.commands.send(Command::Leave(done)).is_ok() {
+            let _ = sent.recv_timeout(LEAVE_WAIT);
+        }
     }
 }
 
@@ -149,8 +160,10 @@ fn run(
     loop {
         drain_outputs(&mut node, &socket, &mut publisher);
         match commands.try_recv() {
-            Ok(Command::Leave) => {
+            Ok(Command::Leave(done)) => {
                 node.leave(now_us());
+                drain_outputs(&mut node, &socket, &mut publisher);
+                let _ = done.try_send(());
                 continue;
             }
             Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
