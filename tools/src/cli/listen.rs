@@ -91,6 +91,13 @@ pub fn parse_from(text: &str) -> Result<ListenFrom, CliError> {
     }
 }
 
+/// Where subscription [`SUB`] resumes on a new connection, if the session still has it.
+fn where_sub_resumes(session: &ClientSession) -> Option<ListenFrom> {
+    session
+        .subscription(SUB)
+        .map(|status| status.resume_from(session.oldest_open_message(SUB)))
+}
+
 struct OpenFile {
     msg_id: MsgId,
     path: PathBuf,
@@ -134,6 +141,10 @@ pub fn listen(
         .map_err(|error| CliError::Protocol(error.to_string()))?;
     // The listen is queued behind the hello that connect writes.
     driver.connect(&source())?.report(args.json, out)?;
+    // Where the subscription resumes, as of the last event: the session forgets a
+    // subscription the relay refuses before `listening`, so a relisten after such a refusal
+    // listens again from here itself.
+    let mut resume_point = where_sub_resumes(&driver.session).unwrap_or(from);
     let what = format!("listen to {conversation}");
     let mut open: BTreeMap<u32, OpenFile> = BTreeMap::new();
     let mut done = Vec::new();
@@ -176,6 +187,9 @@ pub fn listen(
                 Err(error) => return Err(error),
             };
             last_event = Instant::now();
+            if let Some(point) = where_sub_resumes(&driver.session) {
+                resume_point = point;
+            }
             match event {
                 Event::Listening { .. } => {
                     if args.json {
@@ -297,6 +311,25 @@ pub fn listen(
                     std::thread::sleep(pause);
                     reconnect(&mut driver, source, args.reconnect_patience)?
                         .report(args.json, out)?;
+                    if driver.session.subscription(SUB).is_none() {
+                        // Refused before `listening`: the new connection's hello went
+                        // without it. A write that fails shows as a break at the next
+                        // event, and that reconnect sends the listen with the hello.
+                        driver
+                            .session
+                            .listen(
+                                SUB,
+                                conversation.clone(),
+                                resume_point,
+                                now_us(),
+                                &mut driver.out,
+                            )
+                            .map_err(|error| CliError::Protocol(error.to_string()))?;
+                        match driver.flush() {
+                            Ok(()) | Err(CliError::Disconnected(_)) => {}
+                            Err(error) => return Err(error),
+                        }
+                    }
                 }
                 Event::Error {
                     code,
@@ -322,3 +355,6 @@ pub fn listen(
     }
     result.map(|()| done)
 }
+
+#[cfg(test)]
+mod tests;
