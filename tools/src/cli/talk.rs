@@ -194,13 +194,6 @@ pub fn talk(
     })
 }
 
-/// Whether a message cut by `code` is talked again as a new one. A lost owner is handed over
-/// by the session and reaches here only when that failed, so these are: the relay forgot the
-/// message after a restart or a new owner asks for frames no longer kept
-/// (`message_unavailable`, only once the message was `resumed`: before, an unknown message
-/// is the caller's mistake); no new owner took it within the handover patience, or it had no
-/// id to hand over yet (`owner_unavailable`); the map moved it before it had an id
-/// (`map_changed`).
 /// Whether a start refused before the message had an id is tried again: its owner is
 /// unreachable or drains, or the map moves (all pass within seconds).
 fn start_retryable(code: ErrorCode) -> bool {
@@ -209,6 +202,13 @@ fn start_retryable(code: ErrorCode) -> bool {
         || code == ErrorCode::SHUTTING_DOWN
 }
 
+/// Whether a message cut by `code` is talked again as a new one. A lost owner is handed over
+/// by the session and reaches here only when that failed, so these are: the relay forgot the
+/// message after a restart or a new owner asks for frames no longer kept
+/// (`message_unavailable`, only once the message was `resumed`: before, an unknown message
+/// is the caller's mistake); no new owner took it within the handover patience
+/// (`owner_unavailable`). A start refused before the message had an id is retried instead
+/// ([`start_retryable`]).
 fn restartable(code: ErrorCode, resumed: bool) -> bool {
     (code == ErrorCode::MESSAGE_UNAVAILABLE && resumed)
         || code == ErrorCode::OWNER_UNAVAILABLE
