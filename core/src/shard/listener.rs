@@ -298,6 +298,15 @@ impl<S: BodyStore> Shard<S> {
                     sub.last_listed = Some(msg);
                 }
                 self.pump_queue.push(listener.conn);
+            } else if sub.last_listed.is_some_and(|listed| msg < listed) {
+                // Older than what the catch-up listed already (a message taken over here
+                // from a host that left): the timeline will not come back to it.
+                if sub.backlog.len() >= backlog_max {
+                    self.fall_too_far_behind(listener);
+                    continue;
+                }
+                sub.backlog.push_back(msg);
+                self.pump_queue.push(listener.conn);
             } else if sub.timeline.is_none() {
                 let after = sub.last_listed.unwrap_or(MsgId(msg.0.saturating_sub(1)));
                 sub.timeline = Some(TimelineFrom::After(after));

@@ -445,3 +445,47 @@ fn a_talker_whose_own_host_drains_resumes_through_another_host_with_two_cores_ea
         cluster = Host::cluster(ShardConfig::default(), 3, 2);
     }
 }
+
+#[test]
+fn a_listener_catching_up_on_the_new_owner_hears_a_message_taken_over_after_it_listed_later_ones() {
+    let config = ShardConfig {
+        send_queue_bytes_max: 300,
+        ..ShardConfig::default()
+    };
+    let mut cluster = Host::cluster(config, 3, 1);
+    let name = moving_name(&cluster, 1, 2);
+    let talker = client_on_host(&mut cluster, 3, 0);
+    cluster.talk_start(talker, 1, &name);
+    send(&mut cluster, talker, 1, 0..3);
+    cluster.commit();
+    let taken = cluster.talk_started(talker, 1);
+    kill_host(&mut cluster, 1);
+    cluster.advance_ms(10);
+    // Two later messages on the new owner.
+    let other = client_on_host(&mut cluster, 2, 0);
+    let mut later = Vec::new();
+    for stream in 1..=2 {
+        cluster.talk_start(other, stream, &name);
+        send(&mut cluster, other, stream, 0..4);
+        end(&mut cluster, other, stream, 4);
+        later.push(cluster.talk_started(other, stream));
+    }
+    // A listener catching up from the start, too slow to be live yet.
+    let listener = client_on_host(&mut cluster, 2, 0);
+    cluster.stalled.push(listener);
+    cluster.listen(listener, 1, &name, ListenFrom::Since(0));
+    // The talker resumes the older message now: the new owner takes it over.
+    resume(&mut cluster, talker, 1, &name, taken);
+    assert_eq!(next_seq(&cluster, talker, 1), 0);
+    send(&mut cluster, talker, 1, 0..6);
+    end(&mut cluster, talker, 1, 6);
+    for _ in 0..50 {
+        cluster.unstall(listener);
+        cluster.stalled.push(listener);
+    }
+    cluster.unstall(listener);
+    for msg in later {
+        assert_heard_whole(&cluster, listener, msg, 4);
+    }
+    assert_heard_whole(&cluster, listener, taken, 6);
+}
