@@ -14,6 +14,8 @@ pub mod ring;
 pub mod status;
 pub mod store;
 pub mod talk;
+#[cfg(test)]
+mod test_relay;
 pub mod time;
 pub mod token;
 

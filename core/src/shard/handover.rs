@@ -26,7 +26,7 @@
 
 use bytes::Bytes;
 
-use super::conversation::{LiveMessage, MessagePhase, Talker};
+use super::conversation::{MessagePhase, Talker};
 use super::session::ConnId;
 use super::store::BodyStore;
 use super::talk::fault_code;
@@ -89,7 +89,7 @@ impl<S: BodyStore> Shard<S> {
             let (code, text) = self.unavailable(msg, "is not open for a resume");
             return self.refuse_talk(conn, stream, code, &text);
         }
-        self.adopt_new(conn, stream, conv_slot, msg, codec);
+        self.start_message(conn, stream, conv_slot, codec, Some(msg));
     }
 
     /// Takes over a message this shard holds as a mirror copy from its first frame: the
@@ -133,50 +133,6 @@ impl<S: BodyStore> Shard<S> {
                 next_seq,
             },
         );
-    }
-
-    /// Stores a message started on another shard anew under its id; the talker resends it
-    /// from frame 0.
-    fn adopt_new(&mut self, conn: ConnId, stream: u32, conv_slot: u32, msg: MsgId, codec: Bytes) {
-        let Some(conv_id) = self.conversations.get(conv_slot).map(|c| c.id) else {
-            return;
-        };
-        if self.open_message_count(conv_slot) >= self.config.open_messages_per_conversation_max {
-            return self.refuse_talk(
-                conn,
-                stream,
-                ErrorCode::TOO_MANY_OPEN_MESSAGES,
-                "too many messages open in this conversation",
-            );
-        }
-        let sender = self
-            .session(conn)
-            .map(|s| s.sender.clone())
-            .unwrap_or_default();
-        if let Err(fault) = self
-            .store
-            .start_message(msg, conv_id, sender.as_bytes(), &codec)
-        {
-            let (code, text) = fault_code(&fault);
-            return self.refuse_talk(conn, stream, code, &text);
-        }
-        // Ids issued here later stay above the adopted one.
-        self.ids.resume_after(msg);
-        self.tally.messages_handed_over += 1;
-        let handle = self.allocate_handle();
-        let talker = Talker::Local { conn, stream };
-        let message = LiveMessage::open(msg, conv_slot, handle, sender, codec, talker, 0);
-        let slot = self.insert_live_message(message);
-        self.attach_talk(conn, stream, slot);
-        self.send_event(
-            conn,
-            &Event::TalkStarted {
-                stream,
-                msg_id: msg,
-                next_seq: 0,
-            },
-        );
-        self.announce_message(slot);
     }
 
     /// Holds the open mirrored message in `slot`, which its owner stopped sending, for a

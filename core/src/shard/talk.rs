@@ -85,12 +85,21 @@ impl<S: BodyStore> Shard<S> {
         };
         match resume {
             Some(msg) => self.resume_talk(conn, stream, conv_slot, msg, codec),
-            None => self.start_message(conn, stream, conv_slot, codec),
+            None => self.start_message(conn, stream, conv_slot, codec, None),
         }
         self.drop_conversation_if_idle(conv_slot);
     }
 
-    fn start_message(&mut self, conn: ConnId, stream: u32, conv_slot: u32, codec: Bytes) {
+    /// Starts a message on talk stream `stream`: a new one, or (`adopted`) one started on a
+    /// shard that left, stored here anew under its id (the talker resends it from frame 0).
+    pub(super) fn start_message(
+        &mut self,
+        conn: ConnId,
+        stream: u32,
+        conv_slot: u32,
+        codec: Bytes,
+        adopted: Option<MsgId>,
+    ) {
         let Some(conv_id) = self.conversations.get(conv_slot).map(|c| c.id) else {
             return;
         };
@@ -106,7 +115,7 @@ impl<S: BodyStore> Shard<S> {
             .session(conn)
             .map(|s| s.sender.clone())
             .unwrap_or_default();
-        let msg = self.ids.next(self.now_us);
+        let msg = adopted.unwrap_or_else(|| self.ids.next(self.now_us));
         if let Err(fault) = self
             .store
             .start_message(msg, conv_id, sender.as_bytes(), &codec)
@@ -114,7 +123,13 @@ impl<S: BodyStore> Shard<S> {
             let (code, text) = fault_code(&fault);
             return self.refuse_talk(conn, stream, code, &text);
         }
-        self.tally.messages_started += 1;
+        if adopted.is_some() {
+            // Ids issued here later stay above the adopted one.
+            self.ids.resume_after(msg);
+            self.tally.messages_handed_over += 1;
+        } else {
+            self.tally.messages_started += 1;
+        }
         let handle = self.allocate_handle();
         let talker = Talker::Local { conn, stream };
         let message = LiveMessage::open(msg, conv_slot, handle, sender, codec, talker, 0);

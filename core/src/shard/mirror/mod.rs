@@ -140,69 +140,13 @@ impl<S: BodyStore> Shard<S> {
         );
     }
 
-    /// Keeps the mirror's subscription on its current owner as a *retired* one when the
-    /// conversation moves to `new_owner` while that owner is in the map and feeds messages
-    /// in progress; true when it did.
-    fn retire_mirror_sub(&mut self, conv_slot: u32, new_owner: ShardId) -> bool {
-        let Some((old, Some(_))) = self
-            .conversations
-            .get(conv_slot)
-            .and_then(|c| c.mirror.as_ref())
-            .map(|m| (m.owner, m.sub))
-        else {
-            return false;
-        };
-        if old == new_owner || !self.cluster.contains(old) || !self.feeds_open(old, conv_slot) {
-            return false;
+    /// Forgets a mirror subscription and tells its owner (the uplink stays; see
+    /// `drop_idle_uplink`).
+    fn close_mirror_sub(&mut self, owner: ShardId, sub: u32) {
+        self.mirrors.subs.remove(&(owner, sub));
+        if let Some(&uplink) = self.mirrors.uplinks.get(&owner) {
+            self.forward(uplink, owner, Request::Unlisten { sub });
         }
-        if let Some(mirror) = self
-            .conversations
-            .get_mut(conv_slot)
-            .and_then(|c| c.mirror.as_mut())
-        {
-            // The (owner, sub) entry stays in `subs`: its events are still heard.
-            mirror.sub = None;
-            mirror.live = false;
-        }
-        true
-    }
-
-    /// Whether `owner` feeds an open message of the conversation in `conv_slot`.
-    fn feeds_open(&self, owner: ShardId, conv_slot: u32) -> bool {
-        self.mirrors.streams.iter().any(|((o, _), slot)| {
-            *o == owner
-                && self
-                    .messages
-                    .get(*slot)
-                    .is_some_and(|m| m.conv == conv_slot && m.phase == MessagePhase::Open)
-        })
-    }
-
-    /// Closes retired subscriptions on `owner` that feed no open message any more.
-    fn release_retired_subs(&mut self, owner: ShardId) {
-        let retired: Vec<(u32, u32)> = self
-            .mirrors
-            .subs
-            .iter()
-            .filter(|((o, _), _)| *o == owner)
-            .map(|((_, sub), conv_slot)| (*sub, *conv_slot))
-            .filter(|(sub, conv_slot)| {
-                self.conversations
-                    .get(*conv_slot)
-                    .and_then(|c| c.mirror.as_ref())
-                    .is_none_or(|m| m.owner != owner || m.sub != Some(*sub))
-            })
-            .collect();
-        for (sub, conv_slot) in retired {
-            if self.feeds_open(owner, conv_slot) {
-                continue;
-            }
-            self.mirrors.subs.remove(&(owner, sub));
-            if let Some(&uplink) = self.mirrors.uplinks.get(&owner) {
-                self.forward(uplink, owner, Request::Unlisten { sub });
-            }
-        }
-        self.drop_idle_uplink(owner);
     }
 
     /// Closes the mirror's subscription (if open) and any retired one; its messages stay
@@ -214,18 +158,10 @@ impl<S: BodyStore> Shard<S> {
             .iter()
             .filter(|(_, slot)| **slot == conv_slot)
             .map(|(key, _)| *key)
-            .filter(|key| {
-                self.conversations
-                    .get(conv_slot)
-                    .and_then(|c| c.mirror.as_ref())
-                    .is_none_or(|m| (m.owner, m.sub) != (key.0, Some(key.1)))
-            })
+            .filter(|&(owner, sub)| self.is_retired(owner, sub, conv_slot))
             .collect();
         for (owner, sub) in retired {
-            self.mirrors.subs.remove(&(owner, sub));
-            if let Some(&uplink) = self.mirrors.uplinks.get(&owner) {
-                self.forward(uplink, owner, Request::Unlisten { sub });
-            }
+            self.close_mirror_sub(owner, sub);
             self.drop_idle_uplink(owner);
         }
         let Some(mirror) = self
@@ -240,7 +176,6 @@ impl<S: BodyStore> Shard<S> {
         let Some(sub) = mirror.sub.take() else {
             return;
         };
-        self.mirrors.subs.remove(&(owner, sub));
         let held: Vec<u32> = self
             .conversations
             .get(conv_slot)
@@ -249,9 +184,7 @@ impl<S: BodyStore> Shard<S> {
         self.mirrors
             .streams
             .retain(|(o, _), slot| *o != owner || !held.contains(slot));
-        if let Some(&uplink) = self.mirrors.uplinks.get(&owner) {
-            self.forward(uplink, owner, Request::Unlisten { sub });
-        }
+        self.close_mirror_sub(owner, sub);
         self.drop_idle_uplink(owner);
     }
 

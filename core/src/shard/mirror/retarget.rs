@@ -1,7 +1,8 @@
 //! Mirrors following the map: a mirror moves with its conversation's owner, becomes an
 //! ordinary conversation when this shard is the owner again, and a conversation this shard
 //! owned that moved to another host becomes a mirror; what is cut on the way is remembered so
-//! it is not heard twice.
+//! it is not heard twice. A mirror whose owner moves while alive keeps its old subscription
+//! (retired) until the messages it feeds end: make before break.
 
 use super::super::Shard;
 use super::super::conversation::{MessagePhase, Talker};
@@ -174,5 +175,69 @@ impl<S: BodyStore> Shard<S> {
              the last message completed",
         );
         self.release_route(conn, super::super::RouteReleased::Sub(sub), false);
+    }
+
+    /// Keeps the mirror's subscription on its current owner as a *retired* one when the
+    /// conversation moves to `new_owner` while that owner is in the map and feeds messages
+    /// in progress; true when it did.
+    pub(super) fn retire_mirror_sub(&mut self, conv_slot: u32, new_owner: ShardId) -> bool {
+        let Some((old, Some(_))) = self
+            .conversations
+            .get(conv_slot)
+            .and_then(|c| c.mirror.as_ref())
+            .map(|m| (m.owner, m.sub))
+        else {
+            return false;
+        };
+        if old == new_owner || !self.cluster.contains(old) || !self.feeds_open(old, conv_slot) {
+            return false;
+        }
+        if let Some(mirror) = self
+            .conversations
+            .get_mut(conv_slot)
+            .and_then(|c| c.mirror.as_mut())
+        {
+            // The (owner, sub) entry stays in `subs`: its events are still heard.
+            mirror.sub = None;
+            mirror.live = false;
+        }
+        true
+    }
+
+    /// Whether `owner` feeds an open message of the conversation in `conv_slot`.
+    fn feeds_open(&self, owner: ShardId, conv_slot: u32) -> bool {
+        self.mirrors.streams.iter().any(|((o, _), slot)| {
+            *o == owner
+                && self
+                    .messages
+                    .get(*slot)
+                    .is_some_and(|m| m.conv == conv_slot && m.phase == MessagePhase::Open)
+        })
+    }
+
+    /// Closes retired subscriptions on `owner` that feed no open message any more.
+    pub(super) fn release_retired_subs(&mut self, owner: ShardId) {
+        let retired: Vec<(u32, u32)> = self
+            .mirrors
+            .subs
+            .iter()
+            .filter(|((o, _), _)| *o == owner)
+            .map(|((_, sub), conv_slot)| (*sub, *conv_slot))
+            .filter(|(sub, conv_slot)| self.is_retired(owner, *sub, *conv_slot))
+            .collect();
+        for (sub, conv_slot) in retired {
+            if !self.feeds_open(owner, conv_slot) {
+                self.close_mirror_sub(owner, sub);
+            }
+        }
+        self.drop_idle_uplink(owner);
+    }
+
+    /// Whether subscription `sub` on `owner` is one the mirror in `conv_slot` moved on from.
+    pub(super) fn is_retired(&self, owner: ShardId, sub: u32, conv_slot: u32) -> bool {
+        self.conversations
+            .get(conv_slot)
+            .and_then(|c| c.mirror.as_ref())
+            .is_none_or(|m| (m.owner, m.sub) != (owner, Some(sub)))
     }
 }

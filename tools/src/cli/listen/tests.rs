@@ -2,15 +2,16 @@
 //! because the owner is unreachable is listened to again on a new connection, from where it
 //! left off; any other refusal ends the command.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 
 use bytes::BytesMut;
 use hark_core::ShardId;
-use hark_core::protocol::{Decoder, FrameKind, Request, SessionLimits, encode_event};
+use hark_core::protocol::{Decoder, FrameKind, Request, SessionLimits};
 
 use super::*;
+use crate::cli::test_relay::{next_request, send};
 use crate::opus::OpusFile;
 
 /// The server time of the scripted relay's first `hello_accepted` (µs).
@@ -26,26 +27,6 @@ fn fixture() -> OpusFile {
 
 fn conversation() -> ConvName {
     ConvName::new("general").expect("a valid name")
-}
-
-/// Reads requests from `socket` into `input` until one decodes.
-fn next_request(socket: &mut TcpStream, decoder: &mut Decoder, input: &mut BytesMut) -> Request {
-    let mut chunk = [0u8; 4096];
-    // Bounded by the client's requests; a closed socket or the read timeout fails the test.
-    loop {
-        if let Some(request) = decoder.decode_request(input).expect("valid requests") {
-            return request;
-        }
-        let n = socket.read(&mut chunk).expect("the client stays connected");
-        assert!(n > 0, "the client closed the connection");
-        input.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn send(socket: &mut TcpStream, event: &Event) {
-    socket
-        .write_all(&encode_event(event).expect("a valid event"))
-        .expect("the client reads");
 }
 
 /// Accepts the next connection, with [`SCRIPT_READ_TIMEOUT`] on its reads.

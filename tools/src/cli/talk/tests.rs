@@ -1,16 +1,16 @@
 //! `hark talk` against a scripted relay on a loopback socket: a lost owner is handed over
 //! on the same connection and every frame is resent to the new owner.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::thread;
 
 use bytes::BytesMut;
 use hark_core::ShardId;
-use hark_core::protocol::{Decoder, Request, SessionLimits, encode_event};
+use hark_core::protocol::{Decoder, Request, SessionLimits};
 
 use super::*;
+use crate::cli::test_relay::{next_request, send};
 
 #[test]
 fn messages_cut_by_a_failed_handover_a_gap_or_a_lost_message_are_talked_again() {
@@ -64,26 +64,6 @@ struct Seen {
     /// Resume `talk_start`s received.
     resumes: u32,
     frame_count: Option<u32>,
-}
-
-/// Reads requests from `socket` into `input` until one decodes.
-fn next_request(socket: &mut TcpStream, decoder: &mut Decoder, input: &mut BytesMut) -> Request {
-    let mut chunk = [0u8; 4096];
-    // Bounded by the client, which ends the message; a closed socket fails the test.
-    loop {
-        if let Some(request) = decoder.decode_request(input).expect("valid requests") {
-            return request;
-        }
-        let n = socket.read(&mut chunk).expect("the client stays connected");
-        assert!(n > 0, "the client closed the connection");
-        input.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn send(socket: &mut TcpStream, event: &Event) {
-    socket
-        .write_all(&encode_event(event).expect("a valid event"))
-        .expect("the client reads");
 }
 
 /// One connection: a message whose owner is lost after [`FRAMES_BEFORE_LOSS`] frames, a
