@@ -23,6 +23,20 @@ fn moving_name(cluster: &Host, first: u16, then: u16) -> String {
         .expect("some name moves so")
 }
 
+/// A conversation owned by host 1 while host 3 is away and by host 3 once it is back.
+fn comeback_name(prefix: &str) -> String {
+    let back = one_core_hosts(3, &[1, 2, 3]);
+    let without = one_core_hosts(3, &[1, 2]);
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|n| {
+            let id = conv(n).id();
+            without.owner(id).is_some_and(|s| s.host == HostId(1))
+                && back.owner(id).is_some_and(|s| s.host == HostId(3))
+        })
+        .expect("some name moves so")
+}
+
 /// Host `dead` dies: the others lose their links to it, then apply the map without it.
 fn kill_host(cluster: &mut Host, dead: u16) {
     cluster.dead_hosts.push(HostId(dead));
@@ -283,16 +297,7 @@ fn a_map_that_moves_a_conversation_while_its_owner_lives_cuts_no_message_in_prog
     let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
     // Host 3 is away: the conversation is host 1's; when host 3 is back it is host 3's.
     move_map(&mut cluster, &[1, 2], &[1, 2, 3]);
-    let back = one_core_hosts(3, &[1, 2, 3]);
-    let without = one_core_hosts(3, &[1, 2]);
-    let name = (0..10_000)
-        .map(|i| format!("comeback-{i}"))
-        .find(|n| {
-            let id = conv(n).id();
-            without.owner(id).is_some_and(|s| s.host == HostId(1))
-                && back.owner(id).is_some_and(|s| s.host == HostId(3))
-        })
-        .expect("some name moves so");
+    let name = comeback_name("comeback");
     let listener = client_on_host(&mut cluster, 2, 0);
     cluster.listen(listener, 1, &name, ListenFrom::Live);
     let talker = client_on_host(&mut cluster, 2, 0);
@@ -326,16 +331,7 @@ fn a_map_that_moves_a_conversation_while_its_owner_lives_cuts_no_message_in_prog
 fn a_resume_goes_to_the_shard_the_message_is_open_on_after_the_map_moved_the_conversation() {
     let mut cluster = Host::cluster(ShardConfig::default(), 3, 1);
     move_map(&mut cluster, &[1, 2], &[1, 2, 3]);
-    let back = one_core_hosts(3, &[1, 2, 3]);
-    let without = one_core_hosts(3, &[1, 2]);
-    let name = (0..10_000)
-        .map(|i| format!("resume-home-{i}"))
-        .find(|n| {
-            let id = conv(n).id();
-            without.owner(id).is_some_and(|s| s.host == HostId(1))
-                && back.owner(id).is_some_and(|s| s.host == HostId(3))
-        })
-        .expect("some name moves so");
+    let name = comeback_name("resume-home");
     let talker = client_on_host(&mut cluster, 2, 0);
     cluster.talk_start(talker, 1, &name);
     send(&mut cluster, talker, 1, 0..5);
